@@ -1,0 +1,1 @@
+"""HTTP intake, admin and catalog: handlers, offers, client accounts, and request documents."""

@@ -1,0 +1,57 @@
+"""The request document in MongoDB. Only api/services/requests.py and api/selectors.py touch it."""
+
+from mongoengine import (
+    DateTimeField,
+    DictField,
+    Document,
+    DynamicField,
+    IntField,
+    ListField,
+    StringField,
+)
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED, EXPIRED = (
+    "queued", "running", "succeeded", "failed", "canceled", "expired",
+)
+STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED, EXPIRED)
+TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED, EXPIRED})
+
+
+class ServiceRequest(Document):
+    # sha256 of (user, service, action, canonical inputs); a re-submission after a failed or
+    # expired one gets sha256(dedupe_key:seq) so every request id is used exactly once.
+    id = StringField(primary_key=True)
+    dedupe_key = StringField(required=True)
+    seq = IntField(default=0)
+    kind = StringField(default="offer", choices=("offer", "deal"))
+    user_id = IntField(required=True)
+    service = StringField(required=True)
+    action = StringField(required=True)
+    # Snapshot of the offer at intake, so a later catalog edit does not change a queued request.
+    offer_id = IntField()
+    handler = StringField()
+    params = DictField()
+    create_qty = IntField(default=1)
+    price = IntField(default=0)
+    queue = StringField()
+    inputs = DictField()
+    prompt = StringField()
+    status = StringField(required=True, choices=STATUSES, default=QUEUED)
+    results = ListField(DynamicField())
+    error = DictField(null=True, default=None)
+    attempts = IntField(default=0)
+    created_at = DateTimeField(required=True)
+    started_at = DateTimeField(null=True)
+    finished_at = DateTimeField(null=True)
+    expires_at = DateTimeField(null=True)
+    events = ListField(DictField())
+    children = ListField(StringField())
+
+    meta = {
+        "collection": "requests",
+        "indexes": [
+            {"fields": ["dedupe_key", "-seq"]},
+            {"fields": ["user_id", "-created_at"]},
+            {"fields": ["status", "created_at"]},
+        ],
+    }

@@ -1,0 +1,117 @@
+"""Catalog (handlers, offers) and client accounts. Requests live in MongoDB (api/documents.py)."""
+
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+
+from api.prompt_templates import TemplateError, template_fields
+
+# Service slugs that would shadow the API's own routes under /svc/.
+RESERVED_SERVICES = frozenset({"request", "deal", "account"})
+# Most results one request may ask a handler for.
+MAX_CREATE_QTY = 100
+
+
+def validate_handler_id(value: str) -> None:
+    from executor.handlers import all_handlers
+
+    if value not in all_handlers():
+        known = ", ".join(all_handlers()) or "none"
+        raise ValidationError(f"no handler {value!r} is registered (registered: {known})")
+
+
+def validate_service_slug(value: str) -> None:
+    if value in RESERVED_SERVICES:
+        raise ValidationError(f"{value!r} is reserved by the API; pick another service name")
+
+
+def validate_prompt_template(value: str) -> None:
+    try:
+        template_fields(value)
+    except TemplateError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+def validate_params(value) -> None:
+    if not isinstance(value, dict):
+        raise ValidationError("params must be a JSON object")
+
+
+class ServiceHandler(models.Model):
+    id = models.CharField(
+        primary_key=True, max_length=100, validators=[validate_handler_id],
+        help_text="<module>.<method> of a handler in executor/handlers/",
+    )
+    credits = models.PositiveIntegerField(
+        default=0, help_text="Internal usage cost of one call (integration credits)"
+    )
+    description = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["id"]
+        verbose_name = "service handler"
+
+    def __str__(self) -> str:
+        return self.id
+
+
+class ServiceOffer(models.Model):
+    service = models.SlugField(max_length=50, validators=[validate_service_slug])
+    action = models.SlugField(max_length=50)
+    price = models.PositiveIntegerField(help_text="Platform fee (credits) charged per request")
+    prompt_template = models.TextField(
+        validators=[validate_prompt_template],
+        help_text="Python str.format with plain {names}; each name is a required input",
+    )
+    handler = models.ForeignKey(ServiceHandler, on_delete=models.PROTECT, related_name="offers")
+    create_qty = models.PositiveIntegerField(
+        default=1, validators=[MinValueValidator(1), MaxValueValidator(MAX_CREATE_QTY)],
+        help_text="Number of results to generate (handler calls per request)",
+    )
+    expiration = models.PositiveIntegerField(
+        null=True, blank=True,
+        help_text="Seconds a request may take from intake before it ends expired; "
+                  "also how long an identical request is answered with this one",
+    )
+    params = models.JSONField(
+        default=dict, blank=True, validators=[validate_params],
+        help_text="JSON object passed to the handler",
+    )
+    description = models.CharField(max_length=200, blank=True)
+    is_active = models.BooleanField(default=True, help_text="Inactive offers answer 404")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["service", "action"]
+        verbose_name = "service offer"
+        constraints = [
+            models.UniqueConstraint(fields=["service", "action"], name="offer_service_action_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.service}/{self.action}"
+
+    @property
+    def inputs(self) -> list[str]:
+        return template_fields(self.prompt_template)
+
+    @property
+    def endpoint(self) -> str:
+        return f"/svc/{self.service}/{self.action}/"
+
+
+class Account(models.Model):
+    """A client's credit balance; the ledger that moves it arrives with credit enforcement."""
+
+    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
+                                related_name="account")
+    balance = models.PositiveBigIntegerField(default=0)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"{self.user} ({self.balance} credits)"

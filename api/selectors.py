@@ -1,0 +1,27 @@
+"""Reads: the catalog and a client's requests."""
+
+from api.documents import ServiceRequest
+from api.models import ServiceOffer
+
+
+def offer_get_active(*, service: str, action: str) -> ServiceOffer | None:
+    return (
+        ServiceOffer.objects.select_related("handler")
+        .filter(service=service, action=action, is_active=True)
+        .first()
+    )
+
+
+def offer_list_active() -> list[ServiceOffer]:
+    return list(ServiceOffer.objects.select_related("handler").filter(is_active=True))
+
+
+def request_get_for_user(*, request_id: str, user_id: int) -> ServiceRequest | None:
+    """The request if it belongs to the user; None otherwise, so others see a plain 404."""
+    if not request_id or len(request_id) > 64:
+        return None
+    return ServiceRequest.objects(id=request_id, user_id=user_id).first()
+
+
+def request_get(*, request_id: str) -> ServiceRequest | None:
+    return ServiceRequest.objects(id=request_id).first()

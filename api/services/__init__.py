@@ -1,0 +1,1 @@
+"""Writes, named <entity>_<action>. Reads live in api/selectors.py."""

@@ -1,0 +1,158 @@
+"""Request lifecycle in MongoDB: intake, then queued → running → succeeded | failed | expired.
+
+Every transition is a conditional update on the current status, so a transition happens
+once even when two processes attempt it.
+"""
+
+import hashlib
+import json
+import logging
+from datetime import UTC, datetime, timedelta
+
+from mongoengine.errors import NotUniqueError
+
+from api import prompt_templates
+from api.documents import (
+    EXPIRED,
+    FAILED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+    ServiceRequest,
+)
+from api.errors import ApplicationError
+from api.models import ServiceOffer
+
+logger = logging.getLogger(__name__)
+
+# Input values a template can render; objects and arrays have no single text form.
+SCALAR_TYPES = (str, int, float, bool)
+
+
+def now() -> datetime:
+    # Mongo keeps milliseconds; truncating here keeps in-memory and stored values equal.
+    t = datetime.now(UTC)
+    return t.replace(microsecond=t.microsecond // 1000 * 1000)
+
+
+def canonical_json(value) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def dedupe_key(*, user_id: int, service: str, action: str, inputs: dict) -> str:
+    material = canonical_json(
+        {"user": user_id, "service": service, "action": action, "inputs": inputs}
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def request_id_for(key: str, seq: int) -> str:
+    return key if seq == 0 else hashlib.sha256(f"{key}:{seq}".encode()).hexdigest()
+
+
+def validate_inputs(*, offer: ServiceOffer, inputs: dict) -> None:
+    expected = offer.inputs
+    missing = [name for name in expected if name not in inputs]
+    if missing:
+        raise ApplicationError("missing_inputs", f"missing inputs: {', '.join(missing)}",
+                               fields=missing)
+    unknown = sorted(name for name in inputs if name not in expected)
+    if unknown:
+        raise ApplicationError(
+            "unknown_inputs",
+            f"unknown inputs: {', '.join(unknown)} (this offer takes: {', '.join(expected) or 'none'})",
+            fields=unknown,
+        )
+    bad = sorted(name for name, value in inputs.items() if not isinstance(value, SCALAR_TYPES))
+    if bad:
+        raise ApplicationError("invalid_inputs",
+                               f"inputs must be strings, numbers or booleans: {', '.join(bad)}",
+                               fields=bad)
+
+
+def is_live(request: ServiceRequest, at: datetime) -> bool:
+    """Whether an identical submission should be answered with this request."""
+    if request.expires_at is not None and request.expires_at <= at:
+        return False
+    return request.status in (QUEUED, RUNNING, SUCCEEDED)
+
+
+def request_submit(*, user_id: int, offer: ServiceOffer, inputs: dict,
+                   queue: str) -> tuple[ServiceRequest, bool]:
+    """Create the request document, or return the caller's live identical one.
+
+    Returns (request, created). The caller enqueues the job only when created.
+    """
+    validate_inputs(offer=offer, inputs=inputs)
+    key = dedupe_key(user_id=user_id, service=offer.service, action=offer.action, inputs=inputs)
+    at = now()
+    latest = ServiceRequest.objects(dedupe_key=key).order_by("-seq").first()
+    if latest is not None and is_live(latest, at):
+        return latest, False
+    seq = 0 if latest is None else latest.seq + 1
+    request = ServiceRequest(
+        id=request_id_for(key, seq), dedupe_key=key, seq=seq, user_id=user_id,
+        service=offer.service, action=offer.action, offer_id=offer.pk,
+        handler=offer.handler_id, params=offer.params or {}, create_qty=offer.create_qty,
+        price=offer.price, queue=queue, inputs=inputs,
+        prompt=prompt_templates.render(offer.prompt_template, inputs),
+        status=QUEUED, created_at=at,
+        expires_at=at + timedelta(seconds=offer.expiration) if offer.expiration else None,
+        events=[_event(QUEUED, at)],
+    )
+    try:
+        request.save(force_insert=True)
+    except NotUniqueError:
+        # A concurrent identical submission won the insert: answer with its request.
+        return ServiceRequest.objects.get(id=request.id), False
+    return request, True
+
+
+def _event(status: str, at: datetime, note: str = "") -> dict:
+    event = {"at": at, "status": status}
+    if note:
+        event["note"] = note
+    return event
+
+
+def _transition(request_id: str, *, from_status: str, to_status: str, note: str = "",
+                **fields) -> ServiceRequest | None:
+    """Move one request from `from_status` to `to_status`; None if it was not in `from_status`."""
+    at = now()
+    updates = {
+        name if name.startswith("inc__") else f"set__{name}": value
+        for name, value in fields.items()
+    }
+    return ServiceRequest.objects(id=request_id, status=from_status).modify(
+        new=True, set__status=to_status, push__events=_event(to_status, at, note), **updates
+    )
+
+
+def request_start(*, request_id: str) -> ServiceRequest | None:
+    """Claim a queued request for execution; None when it is not queued (or has expired)."""
+    at = now()
+    request = ServiceRequest.objects(id=request_id).only("status", "expires_at").first()
+    if request is None or request.status != QUEUED:
+        return None
+    if request.expires_at is not None and request.expires_at <= at:
+        request_expire(request_id=request_id, from_status=QUEUED)
+        return None
+    return _transition(request_id, from_status=QUEUED, to_status=RUNNING, started_at=at,
+                       inc__attempts=1)
+
+
+def request_succeed(*, request_id: str, results: list) -> ServiceRequest | None:
+    return _transition(request_id, from_status=RUNNING, to_status=SUCCEEDED, results=results,
+                       finished_at=now(), error=None)
+
+
+def request_fail(*, request_id: str, code: str, message: str,
+                 from_status: str = RUNNING) -> ServiceRequest | None:
+    return _transition(request_id, from_status=from_status, to_status=FAILED,
+                       error={"code": code, "message": message}, finished_at=now())
+
+
+def request_expire(*, request_id: str, from_status: str) -> ServiceRequest | None:
+    return _transition(request_id, from_status=from_status, to_status=EXPIRED,
+                       error={"code": "expired", "message": "the request expired before it ran"},
+                       finished_at=now())

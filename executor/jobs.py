@@ -1,0 +1,48 @@
+"""RQ jobs: thin wrappers that load a request, run its handler calls, and record the outcome."""
+
+import asyncio
+import logging
+
+from api.services.requests import request_fail, request_start, request_succeed
+from executor import runtime
+from executor.handlers import HandlerCall, HandlerError, UnknownHandler, get_handler
+
+logger = logging.getLogger(__name__)
+
+
+def run_request(request_id: str) -> str:
+    """Execute one request; returns its final status (or "skipped" if it was not queued)."""
+    request = request_start(request_id=request_id)
+    if request is None:
+        logger.info("request skipped id=%s (not queued)", request_id)
+        return "skipped"
+    try:
+        results = runtime.run(execute(request))
+    except HandlerError as exc:
+        logger.info("request failed id=%s code=%s", request_id, exc.code)
+        request_fail(request_id=request_id, code=exc.code, message=exc.message)
+        return "failed"
+    except Exception:
+        logger.exception("handler crashed id=%s handler=%s", request_id, request.handler)
+        request_fail(request_id=request_id, code="handler_error",
+                     message="the handler failed unexpectedly")
+        return "failed"
+    request_succeed(request_id=request_id, results=results)
+    logger.info("request succeeded id=%s", request_id)
+    return "succeeded"
+
+
+async def execute(request) -> list:
+    """Call the request's handler `create_qty` times, concurrently; results in call order."""
+    try:
+        handler = get_handler(request.handler)
+    except UnknownHandler:
+        raise HandlerError("unknown_handler", f"handler {request.handler} is not installed")
+    calls = [
+        HandlerCall(request_id=request.id, prompt=request.prompt, inputs=dict(request.inputs),
+                    params=dict(request.params or {}), index=i)
+        for i in range(request.create_qty)
+    ]
+    if handler.is_async:
+        return list(await asyncio.gather(*(handler.func(call) for call in calls)))
+    return list(await asyncio.gather(*(asyncio.to_thread(handler.func, call) for call in calls)))

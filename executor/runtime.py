@@ -1,0 +1,67 @@
+"""One asyncio loop per executor process, in a background thread, shared by every job.
+
+Handlers run on it: async ones directly, sync ones in the loop's thread pool, so a blocking
+handler never stalls the others. The shared `httpx.AsyncClient` lives on this loop and keeps
+its connection pool across jobs.
+"""
+
+import asyncio
+import atexit
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+
+# Connections kept per upstream host by the shared HTTP client.
+HTTP_MAX_CONNECTIONS = 512
+# Default timeouts of the shared HTTP client; handlers may pass tighter ones per call.
+HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+# Threads for sync handlers; each blocking call holds one while it runs.
+SYNC_HANDLER_THREADS = 256
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_client: httpx.AsyncClient | None = None
+
+
+def loop() -> asyncio.AbstractEventLoop:
+    global _loop
+    with _lock:
+        if _loop is None or _loop.is_closed():
+            new_loop = asyncio.new_event_loop()
+            new_loop.set_default_executor(
+                ThreadPoolExecutor(SYNC_HANDLER_THREADS, thread_name_prefix="sync-handler")
+            )
+            threading.Thread(target=new_loop.run_forever, name="executor-loop", daemon=True).start()
+            _loop = new_loop
+    return _loop
+
+
+def run(coro, timeout: float | None = None):
+    """Run a coroutine on the shared loop from any thread and wait for its result."""
+    return asyncio.run_coroutine_threadsafe(coro, loop()).result(timeout)
+
+
+def http_client() -> httpx.AsyncClient:
+    """The process's shared async HTTP client; call it from code running on `loop()`."""
+    global _client
+    if _client is None:
+        _client = httpx.AsyncClient(
+            timeout=HTTP_TIMEOUT,
+            limits=httpx.Limits(max_connections=HTTP_MAX_CONNECTIONS,
+                                max_keepalive_connections=HTTP_MAX_CONNECTIONS),
+            follow_redirects=False,
+        )
+    return _client
+
+
+@atexit.register
+def _shutdown() -> None:
+    if _loop is None or _loop.is_closed():
+        return
+    if _client is not None:
+        try:
+            run(_client.aclose(), timeout=5)
+        except Exception:
+            pass
+    _loop.call_soon_threadsafe(_loop.stop)

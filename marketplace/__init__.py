@@ -1,0 +1,1 @@
+"""Django project package: settings, URLs, WSGI, and the dev stack launcher."""

@@ -1,0 +1,47 @@
+"""Typed readers for environment variables that fail with a message saying how to fix them."""
+
+import os
+
+from django.core.exceptions import ImproperlyConfigured
+
+
+def envstr(name: str, default: str | None = None, *, hint: str = "") -> str:
+    value = os.environ.get(name, default)
+    if value is None or value == "":
+        raise ImproperlyConfigured(
+            f"{name} is not set. {hint or 'Set it in the environment.'}".strip()
+        )
+    return value
+
+
+def envint(name: str, default: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise ImproperlyConfigured(f"{name}={raw!r} is not an integer; set it to e.g. {default}.")
+
+
+def envbool(name: str, default: bool) -> bool:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    if raw.lower() in ("1", "true", "yes", "on"):
+        return True
+    if raw.lower() in ("0", "false", "no", "off"):
+        return False
+    raise ImproperlyConfigured(f"{name}={raw!r} is not a boolean; use 1/0, true/false or yes/no.")
+
+
+def load_dev_env(path) -> None:
+    """Read KEY=VALUE lines written by the dev stack; never override the real environment."""
+    try:
+        lines = open(path, encoding="utf-8").read().splitlines()
+    except FileNotFoundError:
+        return
+    for line in lines:
+        key, sep, value = line.partition("=")
+        if sep and key.strip() and not key.startswith("#"):
+            os.environ.setdefault(key.strip(), value.strip())

@@ -1,0 +1,57 @@
+"""pytest plugin (loaded with `-p marketplace.pytest_plugin`): real servers for the whole test session.
+
+It starts SecantusDB and redis-server on free loopback ports in a temporary directory
+before pytest-django reads the settings, unless MONGO_URI / REDIS_URL name servers already
+(then each test session uses its own database and Redis db 15 is flushed). Tests never
+touch the `make run` data: DATA_DIR points into the temporary directory too.
+"""
+
+import atexit
+import os
+import secrets
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from marketplace import embedded
+
+_servers: list[embedded.Server] = []
+_tmp = Path(tempfile.mkdtemp(prefix="svc-tests-"))
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_load_initial_conftests(early_config, parser, args):
+    os.environ["DATA_DIR"] = str(_tmp / "data")
+    os.environ.setdefault("DJANGO_SECRET_KEY", secrets.token_urlsafe(32))
+    db_name = f"svc_test_{secrets.token_hex(4)}"
+    if os.environ.get("MONGO_URI"):
+        os.environ["MONGO_URI"] = _with_db(os.environ["MONGO_URI"], db_name)
+    else:
+        _servers.append(embedded.start_mongo(_tmp / "mongo", db=db_name))
+        os.environ["MONGO_URI"] = _servers[-1].uri
+    if not os.environ.get("REDIS_URL"):
+        _servers.append(embedded.start_redis(_tmp / "redis"))
+        os.environ["REDIS_URL"] = _servers[-1].uri
+    return (yield)
+
+
+def _with_db(uri: str, db: str) -> str:
+    from pymongo.uri_parser import parse_uri
+
+    base, _, query = uri.partition("?")
+    if parse_uri(uri).get("database"):
+        base = base.rsplit("/", 1)[0]
+    return f"{base.rstrip('/')}/{db}" + (f"?{query}" if query else "")
+
+
+@atexit.register
+def _stop_servers() -> None:
+    for server in reversed(_servers):
+        server.stop()
+    shutil.rmtree(_tmp, ignore_errors=True)
+
+
+def servers_by_name() -> dict[str, embedded.Server]:
+    return {server.name: server for server in _servers}

@@ -1,0 +1,130 @@
+"""Settings, all read from the environment (see API.md, "Environment")."""
+
+from pathlib import Path
+
+import dj_database_url
+
+from marketplace.envs import envbool, envint, envstr, load_dev_env
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+DATA_DIR = Path(envstr("DATA_DIR", str(BASE_DIR / ".data"))).resolve()
+# `make run` writes the addresses of the servers it started here, so `manage.py …` in another
+# shell finds them; variables set in the environment always win.
+load_dev_env(DATA_DIR / "dev.env")
+
+DEBUG = envbool("DJANGO_DEBUG", False)
+SECRET_KEY = envstr("DJANGO_SECRET_KEY", hint="`make run` generates one under DATA_DIR; elsewhere "
+                    "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))'")
+ALLOWED_HOSTS = [h.strip() for h in envstr("DJANGO_ALLOWED_HOSTS", "*").split(",") if h.strip()]
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_prometheus",
+    "api",
+    "executor",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "marketplace.urls"
+WSGI_APPLICATION = "marketplace.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": dj_database_url.parse(
+        envstr("DATABASE_URL", f"sqlite:///{DATA_DIR / 'db.sqlite3'}"), conn_max_age=60
+    )
+}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    # WAL + a busy timeout let the API and the executor write concurrently.
+    DATABASES["default"]["OPTIONS"] = {
+        "timeout": 20,
+        "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    }
+
+MONGO_URI = envstr("MONGO_URI", hint="Run `make run` (it starts an embedded MongoDB) or point "
+                                     "MONGO_URI at a server, e.g. mongodb://127.0.0.1:27017/svc.")
+REDIS_URL = envstr("REDIS_URL", hint="Run `make run` (it starts an embedded Redis) or point "
+                                     "REDIS_URL at a server, e.g. redis://127.0.0.1:6379/0.")
+
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "svc",
+    }
+}
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+STATIC_URL = "static/"
+STATIC_ROOT = DATA_DIR / "static"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# Largest request body the intake accepts; larger bodies answer 413 payload_too_large.
+SVC_MAX_BODY_BYTES = envint("SVC_MAX_BODY_BYTES", 1024 * 1024)
+# Per-client intake rate (DRF throttle syntax), counted in Redis so it holds across processes.
+SVC_INTAKE_RATE = envstr("SVC_INTAKE_RATE", "6000/min")
+# Seconds an RQ job may run before the worker kills it (a handler should time out well before).
+SVC_JOB_TIMEOUT = envint("SVC_JOB_TIMEOUT", 900)
+# Name of the RQ queue requests go to when their handler names no resource queue.
+SVC_DEFAULT_QUEUE = envstr("SVC_DEFAULT_QUEUE", "svc-default")
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.TokenAuthentication"],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
+    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "EXCEPTION_HANDLER": "api.errors.exception_handler",
+    "DEFAULT_THROTTLE_RATES": {"intake": SVC_INTAKE_RATE},
+    "UNAUTHENTICATED_USER": None,
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
+    },
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
+    "loggers": {"django.request": {"level": "ERROR"}},
+}

@@ -1,0 +1,77 @@
+import pytest
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from api.documents import ServiceRequest
+from api.models import Account, ServiceHandler, ServiceOffer
+from executor.queues import redis_connection
+
+
+@pytest.fixture(autouse=True)
+def clean_stores():
+    """Each test starts with empty request documents and an empty Redis."""
+    ServiceRequest.drop_collection()
+    ServiceRequest.ensure_indexes()
+    redis_connection().flushdb()
+    yield
+
+
+def _client_for(user) -> APIClient:
+    client = APIClient()
+    token, _ = Token.objects.get_or_create(user=user)
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    client.user = user
+    return client
+
+
+@pytest.fixture
+def alice(django_user_model):
+    user = django_user_model.objects.create_user("alice")
+    Account.objects.create(user=user, balance=1000)
+    return user
+
+
+@pytest.fixture
+def bob(django_user_model):
+    user = django_user_model.objects.create_user("bob")
+    Account.objects.create(user=user, balance=1000)
+    return user
+
+
+@pytest.fixture
+def alice_api(alice) -> APIClient:
+    return _client_for(alice)
+
+
+@pytest.fixture
+def bob_api(bob) -> APIClient:
+    return _client_for(bob)
+
+
+@pytest.fixture
+def anon_api() -> APIClient:
+    return APIClient()
+
+
+@pytest.fixture
+def echo_handler(db) -> ServiceHandler:
+    return ServiceHandler.objects.create(id="local.echo", credits=1)
+
+
+@pytest.fixture
+def greet_offer(echo_handler) -> ServiceOffer:
+    return ServiceOffer.objects.create(
+        service="text", action="greet", price=3, prompt_template="Hello {name} from {place}",
+        handler=echo_handler, create_qty=1, params={},
+    )
+
+
+@pytest.fixture
+def make_offer(db):
+    def make(service="text", action="act", handler="local.echo", prompt_template="{x}", **fields):
+        handler_row, _ = ServiceHandler.objects.get_or_create(id=handler, defaults={"credits": 1})
+        fields.setdefault("price", 1)
+        return ServiceOffer.objects.create(service=service, action=action, handler=handler_row,
+                                           prompt_template=prompt_template, **fields)
+
+    return make
