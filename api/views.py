@@ -7,7 +7,6 @@ from django.db import connection
 from django.http import JsonResponse
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
-from rest_framework.throttling import ScopedRateThrottle
 from rest_framework.views import APIView
 
 from api import mongo, selectors
@@ -16,6 +15,7 @@ from api.documents import QUEUED
 from api.errors import ApplicationError
 from api.representations import offer_repr, request_repr
 from api.services.requests import request_fail, request_submit
+from api.throttling import IntakeThrottle
 from executor.queues import enqueue_request, redis_connection
 
 logger = logging.getLogger(__name__)
@@ -31,8 +31,7 @@ class CatalogView(APIView):
 
 
 class OfferIntakeView(APIView):
-    throttle_classes = [ScopedRateThrottle]
-    throttle_scope = "intake"
+    throttle_classes = [IntakeThrottle]
 
     def post(self, request, service: str, action: str):
         offer = selectors.offer_get_active(service=service, action=action)

@@ -24,6 +24,7 @@ _tmp = Path(tempfile.mkdtemp(prefix="svc-tests-"))
 @pytest.hookimpl(wrapper=True)
 def pytest_load_initial_conftests(early_config, parser, args):
     os.environ["DATA_DIR"] = str(_tmp / "data")
+    (_tmp / "data" / "static").mkdir(parents=True)  # STATIC_ROOT, served by whitenoise
     os.environ.setdefault("DJANGO_SECRET_KEY", secrets.token_urlsafe(32))
     db_name = f"svc_test_{secrets.token_hex(4)}"
     if os.environ.get("MONGO_URI"):

@@ -1,0 +1,20 @@
+"""Small helpers shared by tests."""
+
+from rq import SimpleWorker
+
+from executor.queues import get_queue, redis_connection
+
+
+def run_worker(*queues: str) -> None:
+    """Drain the queues with a real RQ worker in this process (burst mode)."""
+    names = queues or (None,)
+    SimpleWorker([get_queue(q) for q in names], connection=redis_connection()).work(
+        burst=True, with_scheduler=False
+    )
+
+
+def error_code(response) -> str:
+    body = response.json()
+    assert set(body) == {"error"}, body
+    assert {"code", "message"} <= set(body["error"]), body
+    return body["error"]["code"]
