@@ -1,1 +1,1 @@
-"""Versioned application configs: the seed's YAML protocol stored in MongoDB (arrives with its issue)."""
+"""Versioned application configs: the seed's YAML protocol, stored in MongoDB (its issue)."""

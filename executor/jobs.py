@@ -3,6 +3,8 @@
 import asyncio
 import logging
 
+from django.conf import settings
+
 from api.services.requests import request_fail, request_start, request_succeed
 from executor import runtime
 from executor.handlers import HandlerCall, HandlerError, UnknownHandler, get_handler
@@ -24,8 +26,9 @@ def run_request(request_id: str) -> str:
         return "failed"
     except Exception:
         logger.exception("handler crashed id=%s handler=%s", request_id, request.handler)
-        request_fail(request_id=request_id, code="handler_error",
-                     message="the handler failed unexpectedly")
+        request_fail(
+            request_id=request_id, code="handler_error", message="the handler failed unexpectedly"
+        )
         return "failed"
     request_succeed(request_id=request_id, results=results)
     logger.info("request succeeded id=%s", request_id)
@@ -33,16 +36,38 @@ def run_request(request_id: str) -> str:
 
 
 async def execute(request) -> list:
-    """Call the request's handler `create_qty` times, concurrently; results in call order."""
+    """Call the request's handler `create_qty` times, concurrently; results in call order.
+
+    The first failure cancels the sibling calls (no paid upstream work for a failed request),
+    and the whole execution must finish within SVC_JOB_TIMEOUT.
+    """
     try:
         handler = get_handler(request.handler)
     except UnknownHandler:
         raise HandlerError("unknown_handler", f"handler {request.handler} is not installed")
     calls = [
-        HandlerCall(request_id=request.id, prompt=request.prompt, inputs=dict(request.inputs),
-                    params=dict(request.params or {}), index=i)
+        HandlerCall(
+            request_id=request.id,
+            prompt=request.prompt,
+            inputs=dict(request.inputs),
+            params=dict(request.params or {}),
+            index=i,
+        )
         for i in range(request.create_qty)
     ]
+    timeout = settings.SVC_JOB_TIMEOUT
+    try:
+        async with asyncio.timeout(timeout), asyncio.TaskGroup() as group:
+            tasks = [group.create_task(_call(handler, call)) for call in calls]
+    except TimeoutError:
+        raise HandlerError("timeout", f"the handler did not finish within {timeout}s")
+    except ExceptionGroup as failures:
+        raise failures.exceptions[0] from None
+    return [task.result() for task in tasks]
+
+
+async def _call(handler, call: HandlerCall):
     if handler.is_async:
-        return list(await asyncio.gather(*(handler.func(call) for call in calls)))
-    return list(await asyncio.gather(*(asyncio.to_thread(handler.func, call) for call in calls)))
+        return await handler.func(call)
+    # Sync handlers run in the loop's thread pool so they never block the other calls.
+    return await asyncio.to_thread(handler.func, call)

@@ -16,8 +16,9 @@ FAILURE_TTL = 7 * 24 * 3600
 
 @lru_cache(maxsize=1)
 def redis_connection() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, socket_timeout=10, socket_connect_timeout=3,
-                                health_check_interval=30)
+    return redis.Redis.from_url(
+        settings.REDIS_URL, socket_timeout=10, socket_connect_timeout=3, health_check_interval=30
+    )
 
 
 def get_queue(name: str | None = None) -> Queue:
@@ -27,7 +28,8 @@ def get_queue(name: str | None = None) -> Queue:
 def enqueue_request(*, request_id: str, queue: str) -> None:
     """One RQ job per request; the job id is the request id, so the job is never enqueued twice."""
     get_queue(queue).enqueue(
-        RUN_REQUEST_JOB, request_id,
+        RUN_REQUEST_JOB,
+        request_id,
         job_id=request_id,
         job_timeout=settings.SVC_JOB_TIMEOUT,
         result_ttl=RESULT_TTL,

@@ -7,6 +7,8 @@ its connection pool across jobs.
 
 import asyncio
 import atexit
+import concurrent.futures
+import contextlib
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
@@ -16,6 +18,8 @@ import httpx
 HTTP_MAX_CONNECTIONS = 512
 # Default timeouts of the shared HTTP client; handlers may pass tighter ones per call.
 HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
+# Seconds between checks of a waiting job thread for an asynchronous exception (job timeout).
+WAIT_SLICE = 1.0
 # Threads for sync handlers; each blocking call holds one while it runs.
 SYNC_HANDLER_THREADS = 256
 
@@ -37,9 +41,23 @@ def loop() -> asyncio.AbstractEventLoop:
     return _loop
 
 
-def run(coro, timeout: float | None = None):
-    """Run a coroutine on the shared loop from any thread and wait for its result."""
-    return asyncio.run_coroutine_threadsafe(coro, loop()).result(timeout)
+def run(coro):
+    """Run a coroutine on the shared loop from any thread and wait for its result.
+
+    The wait is sliced so the calling thread keeps executing Python code: RQ's
+    TimerDeathPenalty (an exception raised asynchronously in the job's thread) can land, and
+    then the coroutine is cancelled rather than left running.
+    """
+    future = asyncio.run_coroutine_threadsafe(coro, loop())
+    try:
+        while True:
+            try:
+                return future.result(WAIT_SLICE)
+            except concurrent.futures.TimeoutError:
+                continue
+    except BaseException:
+        future.cancel()
+        raise
 
 
 def http_client() -> httpx.AsyncClient:
@@ -48,8 +66,9 @@ def http_client() -> httpx.AsyncClient:
     if _client is None:
         _client = httpx.AsyncClient(
             timeout=HTTP_TIMEOUT,
-            limits=httpx.Limits(max_connections=HTTP_MAX_CONNECTIONS,
-                                max_keepalive_connections=HTTP_MAX_CONNECTIONS),
+            limits=httpx.Limits(
+                max_connections=HTTP_MAX_CONNECTIONS, max_keepalive_connections=HTTP_MAX_CONNECTIONS
+            ),
             follow_redirects=False,
         )
     return _client
@@ -60,8 +79,6 @@ def _shutdown() -> None:
     if _loop is None or _loop.is_closed():
         return
     if _client is not None:
-        try:
-            run(_client.aclose(), timeout=5)
-        except Exception:
-            pass
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(_client.aclose(), _loop).result(5)
     _loop.call_soon_threadsafe(_loop.stop)

@@ -82,16 +82,17 @@ def _environment(data_dir: Path, servers: list[embedded.Server]) -> dict:
     return env
 
 
-def _persistent_secret(path: Path) -> str:
+def _persistent_secret(path: Path, nbytes: int = 50) -> str:
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(50))
+        path.write_text(secrets.token_urlsafe(nbytes))
         os.chmod(path, 0o600)
     return path.read_text().strip()
 
 
 def _manage(env: dict, *args: str) -> str:
-    result = subprocess.run([sys.executable, str(ROOT / "manage.py"), *args], env=env,
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args], env=env, capture_output=True, text=True
+    )
     if result.returncode != 0:
         raise SystemExit(f"manage.py {' '.join(args)} failed:\n{result.stderr.strip()}")
     return result.stdout
@@ -103,19 +104,21 @@ def _prepare(env: dict) -> None:
     _manage(env, "catalog", "import", str(ROOT / "api" / "demo_catalog.yaml"))
 
 
+# Run by `manage.py shell -c`: creates or resets the admin with the password from the env.
+ENSURE_ADMIN = """
+import os
+from django.contrib.auth import get_user_model
+user, _ = get_user_model().objects.get_or_create(username=os.environ["DEVSTACK_ADMIN_USER"])
+user.is_staff = user.is_superuser = True
+user.set_password(os.environ["DEVSTACK_ADMIN_PASSWORD"])
+user.save()
+"""
+
+
 def _ensure_admin(env: dict, data_dir: Path) -> str:
-    password_file = data_dir / "admin_password"
-    if not password_file.exists():
-        password_file.write_text(secrets.token_urlsafe(12))
-        os.chmod(password_file, 0o600)
-    password = password_file.read_text().strip()
-    _manage(env, "shell", "-c", (
-        "from django.contrib.auth import get_user_model; U = get_user_model(); "
-        f"u = U.objects.filter(username='{ADMIN_USER}').first() or "
-        f"U.objects.create_superuser('{ADMIN_USER}', '', None); "
-        f"u.is_staff = u.is_superuser = True; u.set_password(open('{password_file}').read().strip()); "
-        "u.save()"
-    ))
+    password = _persistent_secret(data_dir / "admin_password", nbytes=12)
+    admin_env = dict(env, DEVSTACK_ADMIN_USER=ADMIN_USER, DEVSTACK_ADMIN_PASSWORD=password)
+    _manage(admin_env, "shell", "-c", ENSURE_ADMIN)
     return password
 
 
@@ -123,7 +126,9 @@ def _ensure_demo_client(env: dict, data_dir: Path) -> str:
     # Credits are granted once, on the first run; later runs only print the token again.
     marker = data_dir / "demo_client_created"
     credits = "0" if marker.exists() else str(DEMO_CREDITS)
-    token = _manage(env, "create_client", DEMO_CLIENT, "--credits", credits).strip().splitlines()[-1]
+    token = (
+        _manage(env, "create_client", DEMO_CLIENT, "--credits", credits).strip().splitlines()[-1]
+    )
     marker.touch()
     return token
 
@@ -132,12 +137,20 @@ def _start_children(env: dict) -> list[subprocess.Popen]:
     port = env.get("PORT", "8000")
     venv_bin = Path(sys.executable).parent
     api = subprocess.Popen(
-        [str(venv_bin / "gunicorn"), "marketplace.wsgi:application", "-c",
-         str(ROOT / "deploy" / "gunicorn.conf.py"), "--bind", f"127.0.0.1:{port}"],
-        env=env, cwd=ROOT,
+        [
+            str(venv_bin / "gunicorn"),
+            "marketplace.wsgi:application",
+            "-c",
+            str(ROOT / "deploy" / "gunicorn.conf.py"),
+            "--bind",
+            f"127.0.0.1:{port}",
+        ],
+        env=env,
+        cwd=ROOT,
     )
-    executor = subprocess.Popen([sys.executable, str(ROOT / "manage.py"), "runexecutor"],
-                                env=env, cwd=ROOT)
+    executor = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "runexecutor"], env=env, cwd=ROOT
+    )
     return [api, executor]
 
 
@@ -157,7 +170,8 @@ def _stop(children: list[subprocess.Popen]) -> None:
 def _banner(env: dict, admin_password: str, token: str) -> None:
     port = env.get("PORT", "8000")
     base = f"http://127.0.0.1:{port}"
-    print(f"""
+    print(
+        f"""
   API       {base}/svc/   (health: {base}/healthz, metrics: {base}/metrics)
   Admin     {base}/admin/   user: {ADMIN_USER}   password: {admin_password}
   Token     {token}   (client '{DEMO_CLIENT}')
@@ -168,7 +182,9 @@ def _banner(env: dict, admin_password: str, token: str) -> None:
     curl -s {base}/svc/request/<id>/ -H 'Authorization: Token {token}'
 
   Ctrl-C stops everything.
-""", flush=True)
+""",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

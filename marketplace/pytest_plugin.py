@@ -1,4 +1,4 @@
-"""pytest plugin (loaded with `-p marketplace.pytest_plugin`): real servers for the whole test session.
+"""pytest plugin (`-p marketplace.pytest_plugin`): real servers for the whole test session.
 
 It starts SecantusDB and redis-server on free loopback ports in a temporary directory
 before pytest-django reads the settings, unless MONGO_URI / REDIS_URL name servers already

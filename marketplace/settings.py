@@ -13,8 +13,11 @@ DATA_DIR = Path(envstr("DATA_DIR", str(BASE_DIR / ".data"))).resolve()
 load_dev_env(DATA_DIR / "dev.env")
 
 DEBUG = envbool("DJANGO_DEBUG", False)
-SECRET_KEY = envstr("DJANGO_SECRET_KEY", hint="`make run` generates one under DATA_DIR; elsewhere "
-                    "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))'")
+SECRET_KEY = envstr(
+    "DJANGO_SECRET_KEY",
+    hint="`make run` generates one under DATA_DIR; elsewhere "
+    "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))'",
+)
 ALLOWED_HOSTS = [h.strip() for h in envstr("DJANGO_ALLOWED_HOSTS", "*").split(",") if h.strip()]
 
 INSTALLED_APPS = [
@@ -75,10 +78,16 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
     }
 
-MONGO_URI = envstr("MONGO_URI", hint="Run `make run` (it starts an embedded MongoDB) or point "
-                                     "MONGO_URI at a server, e.g. mongodb://127.0.0.1:27017/svc.")
-REDIS_URL = envstr("REDIS_URL", hint="Run `make run` (it starts an embedded Redis) or point "
-                                     "REDIS_URL at a server, e.g. redis://127.0.0.1:6379/0.")
+MONGO_URI = envstr(
+    "MONGO_URI",
+    hint="Run `make run` (it starts an embedded MongoDB) or point "
+    "MONGO_URI at a server, e.g. mongodb://127.0.0.1:27017/svc.",
+)
+REDIS_URL = envstr(
+    "REDIS_URL",
+    hint="Run `make run` (it starts an embedded Redis) or point "
+    "REDIS_URL at a server, e.g. redis://127.0.0.1:6379/0.",
+)
 
 CACHES = {
     "default": {

@@ -1,9 +1,11 @@
 """The executor job: lifecycle transitions, results, failures, expiry, duplicate delivery."""
 
+import asyncio
 import threading
 from datetime import timedelta
 
 from django.core.management import call_command
+from django.test import override_settings
 
 from api.documents import ServiceRequest
 from executor import jobs
@@ -112,7 +114,8 @@ def test_a_request_past_its_expiry_ends_expired_without_running(alice_api, make_
     created = submit(alice_api, "/svc/t/late/", {"x": 1})
     stored = ServiceRequest.objects.get(id=created["id"])
     ServiceRequest.objects(id=stored.id).update_one(
-        set__expires_at=stored.created_at - timedelta(seconds=1))
+        set__expires_at=stored.created_at - timedelta(seconds=1)
+    )
     run_worker()
     done = alice_api.get(created["url"]).json()
     assert done["status"] == "expired" and done["error"]["code"] == "expired"
@@ -132,3 +135,40 @@ def test_runexecutor_drains_its_queue_in_burst_mode(alice_api, greet_offer):
     call_command("runexecutor", "--burst")
     assert alice_api.get(created["url"]).json()["status"] == "succeeded"
     assert get_queue().count == 0
+
+
+cancelled: list[int] = []
+
+
+@handler
+async def first_fails(call: HandlerCall):
+    if call.index == 0:
+        raise HandlerError("first_failed", "call 0 failed")
+    try:
+        await asyncio.sleep(60)
+    except asyncio.CancelledError:
+        cancelled.append(call.index)
+        raise
+
+
+@handler
+async def hangs(call: HandlerCall):
+    await asyncio.sleep(60)
+
+
+def test_one_failed_call_cancels_its_siblings(alice_api, make_offer):
+    cancelled.clear()
+    make_offer(service="t", action="ff", handler="test_executor.first_fails", create_qty=3)
+    created = submit(alice_api, "/svc/t/ff/", {"x": 1})
+    run_worker()
+    assert alice_api.get(created["url"]).json()["error"]["code"] == "first_failed"
+    assert sorted(cancelled) == [1, 2]
+
+
+@override_settings(SVC_JOB_TIMEOUT=1)
+def test_a_handler_past_the_job_timeout_fails_the_request(alice_api, make_offer):
+    make_offer(service="t", action="hang", handler="test_executor.hangs")
+    created = submit(alice_api, "/svc/t/hang/", {"x": 1})
+    run_worker()
+    done = alice_api.get(created["url"]).json()
+    assert done["status"] == "failed" and done["error"]["code"] == "timeout"

@@ -54,20 +54,24 @@ def validate_inputs(*, offer: ServiceOffer, inputs: dict) -> None:
     expected = offer.inputs
     missing = [name for name in expected if name not in inputs]
     if missing:
-        raise ApplicationError("missing_inputs", f"missing inputs: {', '.join(missing)}",
-                               fields=missing)
+        raise ApplicationError(
+            "missing_inputs", f"missing inputs: {', '.join(missing)}", fields=missing
+        )
     unknown = sorted(name for name in inputs if name not in expected)
     if unknown:
         raise ApplicationError(
             "unknown_inputs",
-            f"unknown inputs: {', '.join(unknown)} (this offer takes: {', '.join(expected) or 'none'})",
+            f"unknown inputs: {', '.join(unknown)} "
+            f"(this offer takes: {', '.join(expected) or 'none'})",
             fields=unknown,
         )
     bad = sorted(name for name, value in inputs.items() if not isinstance(value, SCALAR_TYPES))
     if bad:
-        raise ApplicationError("invalid_inputs",
-                               f"inputs must be strings, numbers or booleans: {', '.join(bad)}",
-                               fields=bad)
+        raise ApplicationError(
+            "invalid_inputs",
+            f"inputs must be strings, numbers or booleans: {', '.join(bad)}",
+            fields=bad,
+        )
 
 
 def is_live(request: ServiceRequest, at: datetime) -> bool:
@@ -77,8 +81,9 @@ def is_live(request: ServiceRequest, at: datetime) -> bool:
     return request.status in (QUEUED, RUNNING, SUCCEEDED)
 
 
-def request_submit(*, user_id: int, offer: ServiceOffer, inputs: dict,
-                   queue: str) -> tuple[ServiceRequest, bool]:
+def request_submit(
+    *, user_id: int, offer: ServiceOffer, inputs: dict, queue: str
+) -> tuple[ServiceRequest, bool]:
     """Create the request document, or return the caller's live identical one.
 
     Returns (request, created). The caller enqueues the job only when created.
@@ -91,12 +96,22 @@ def request_submit(*, user_id: int, offer: ServiceOffer, inputs: dict,
         return latest, False
     seq = 0 if latest is None else latest.seq + 1
     request = ServiceRequest(
-        id=request_id_for(key, seq), dedupe_key=key, seq=seq, user_id=user_id,
-        service=offer.service, action=offer.action, offer_id=offer.pk,
-        handler=offer.handler_id, params=offer.params or {}, create_qty=offer.create_qty,
-        price=offer.price, queue=queue, inputs=inputs,
+        id=request_id_for(key, seq),
+        dedupe_key=key,
+        seq=seq,
+        user_id=user_id,
+        service=offer.service,
+        action=offer.action,
+        offer_id=offer.pk,
+        handler=offer.handler_id,
+        params=offer.params or {},
+        create_qty=offer.create_qty,
+        price=offer.price,
+        queue=queue,
+        inputs=inputs,
         prompt=prompt_templates.render(offer.prompt_template, inputs),
-        status=QUEUED, created_at=at,
+        status=QUEUED,
+        created_at=at,
         expires_at=at + timedelta(seconds=offer.expiration) if offer.expiration else None,
         events=[_event(QUEUED, at)],
     )
@@ -115,8 +130,9 @@ def _event(status: str, at: datetime, note: str = "") -> dict:
     return event
 
 
-def _transition(request_id: str, *, from_status: str, to_status: str, note: str = "",
-                **fields) -> ServiceRequest | None:
+def _transition(
+    request_id: str, *, from_status: str, to_status: str, note: str = "", **fields
+) -> ServiceRequest | None:
     """Move one request from `from_status` to `to_status`; None if it was not in `from_status`."""
     at = now()
     updates = {
@@ -137,22 +153,39 @@ def request_start(*, request_id: str) -> ServiceRequest | None:
     if request.expires_at is not None and request.expires_at <= at:
         request_expire(request_id=request_id, from_status=QUEUED)
         return None
-    return _transition(request_id, from_status=QUEUED, to_status=RUNNING, started_at=at,
-                       inc__attempts=1)
+    return _transition(
+        request_id, from_status=QUEUED, to_status=RUNNING, started_at=at, inc__attempts=1
+    )
 
 
 def request_succeed(*, request_id: str, results: list) -> ServiceRequest | None:
-    return _transition(request_id, from_status=RUNNING, to_status=SUCCEEDED, results=results,
-                       finished_at=now(), error=None)
+    return _transition(
+        request_id,
+        from_status=RUNNING,
+        to_status=SUCCEEDED,
+        results=results,
+        finished_at=now(),
+        error=None,
+    )
 
 
-def request_fail(*, request_id: str, code: str, message: str,
-                 from_status: str = RUNNING) -> ServiceRequest | None:
-    return _transition(request_id, from_status=from_status, to_status=FAILED,
-                       error={"code": code, "message": message}, finished_at=now())
+def request_fail(
+    *, request_id: str, code: str, message: str, from_status: str = RUNNING
+) -> ServiceRequest | None:
+    return _transition(
+        request_id,
+        from_status=from_status,
+        to_status=FAILED,
+        error={"code": code, "message": message},
+        finished_at=now(),
+    )
 
 
 def request_expire(*, request_id: str, from_status: str) -> ServiceRequest | None:
-    return _transition(request_id, from_status=from_status, to_status=EXPIRED,
-                       error={"code": "expired", "message": "the request expired before it ran"},
-                       finished_at=now())
+    return _transition(
+        request_id,
+        from_status=from_status,
+        to_status=EXPIRED,
+        error={"code": "expired", "message": "the request expired before it ran"},
+        finished_at=now(),
+    )

@@ -17,4 +17,6 @@ async def echo(call: HandlerCall) -> str:
 @handler
 def fail(call: HandlerCall) -> None:
     """Always fails, for smoke-testing failure paths; `params.message` sets the message."""
-    raise HandlerError("handler_failed", str(call.params.get("message") or "local.fail always fails"))
+    raise HandlerError(
+        "handler_failed", str(call.params.get("message") or "local.fail always fails")
+    )
