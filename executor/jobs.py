@@ -4,6 +4,7 @@ import asyncio
 import logging
 
 from django.conf import settings
+from rq.timeouts import JobTimeoutException
 
 from api.services.requests import request_fail, request_start, request_succeed
 from executor import runtime
@@ -20,6 +21,10 @@ def run_request(request_id: str) -> str:
         return "skipped"
     try:
         results = runtime.run(execute(request))
+    except JobTimeoutException:
+        # RQ's backstop fired (the handler ignored cancellation): end the request, let RQ record it.
+        request_fail(request_id=request_id, code="timeout", message="the job timed out")
+        raise
     except HandlerError as exc:
         logger.info("request failed id=%s code=%s", request_id, exc.code)
         request_fail(request_id=request_id, code=exc.code, message=exc.message)

@@ -8,6 +8,9 @@ from rq import Queue
 
 # The job the executor runs for a request (a dotted path so the API need not import it).
 RUN_REQUEST_JOB = "executor.jobs.run_request"
+# Seconds RQ's own job timeout adds to SVC_JOB_TIMEOUT: the executor's timeout ends the request
+# first, RQ's is the backstop for a job stuck outside the handler.
+JOB_TIMEOUT_MARGIN = 30
 # Seconds RQ keeps a finished job's return value; the request document holds the real result.
 RESULT_TTL = 300
 # Seconds RQ keeps a failed job for inspection in its failed registry.
@@ -31,7 +34,7 @@ def enqueue_request(*, request_id: str, queue: str) -> None:
         RUN_REQUEST_JOB,
         request_id,
         job_id=request_id,
-        job_timeout=settings.SVC_JOB_TIMEOUT,
+        job_timeout=settings.SVC_JOB_TIMEOUT + JOB_TIMEOUT_MARGIN,
         result_ttl=RESULT_TTL,
         failure_ttl=FAILURE_TTL,
         description=f"request {request_id}",
