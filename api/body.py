@@ -28,5 +28,6 @@ def read_json_object(request, *, limit: int) -> dict:
 
 
 def _too_large(limit: int) -> ApplicationError:
-    return ApplicationError("payload_too_large", f"body exceeds {limit} bytes", status=413,
-                            limit=limit)
+    return ApplicationError(
+        "payload_too_large", f"body exceeds {limit} bytes", status=413, limit=limit
+    )

@@ -11,7 +11,12 @@ from mongoengine import (
 )
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED, EXPIRED = (
-    "queued", "running", "succeeded", "failed", "canceled", "expired",
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "canceled",
+    "expired",
 )
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED, EXPIRED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED, EXPIRED})

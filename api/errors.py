@@ -17,8 +17,15 @@ class ApplicationError(Exception):
 
     status = 400
 
-    def __init__(self, code: str, message: str, *, status: int | None = None,
-                 fields: list[str] | None = None, **extra):
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        *,
+        status: int | None = None,
+        fields: list[str] | None = None,
+        **extra,
+    ):
         super().__init__(message)
         self.code = code
         self.message = message
@@ -39,8 +46,12 @@ def _drf_error(exc: exceptions.APIException) -> ApplicationError:
     if isinstance(exc, (exceptions.NotAuthenticated, exceptions.AuthenticationFailed)):
         return ApplicationError("not_authenticated", message, status=401)
     if isinstance(exc, exceptions.Throttled):
-        return ApplicationError("rate_limited", "too many requests; retry later", status=429,
-                                retry_after=exc.wait and int(exc.wait + 0.999))
+        return ApplicationError(
+            "rate_limited",
+            "too many requests; retry later",
+            status=429,
+            retry_after=exc.wait and int(exc.wait + 0.999),
+        )
     if isinstance(exc, exceptions.ParseError):
         return ApplicationError("invalid_json", message, status=400)
     if isinstance(exc, exceptions.NotFound):
@@ -64,8 +75,9 @@ def exception_handler(exc, context):
         exc = _drf_error(exc)
     elif isinstance(exc, (pymongo.errors.PyMongoError, redis.exceptions.RedisError)):
         logger.warning("store unavailable: %s", type(exc).__name__)
-        exc = ApplicationError("unavailable", "a backing store is unavailable; retry shortly",
-                               status=503)
+        exc = ApplicationError(
+            "unavailable", "a backing store is unavailable; retry shortly", status=503
+        )
     if not isinstance(exc, ApplicationError):
         return None  # a bug: Django's handler500 answers
     response = Response(exc.body(), status=exc.status)

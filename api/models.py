@@ -40,7 +40,9 @@ def validate_params(value) -> None:
 
 class ServiceHandler(models.Model):
     id = models.CharField(
-        primary_key=True, max_length=100, validators=[validate_handler_id],
+        primary_key=True,
+        max_length=100,
+        validators=[validate_handler_id],
         help_text="<module>.<method> of a handler in executor/handlers/",
     )
     credits = models.PositiveIntegerField(
@@ -68,16 +70,20 @@ class ServiceOffer(models.Model):
     )
     handler = models.ForeignKey(ServiceHandler, on_delete=models.PROTECT, related_name="offers")
     create_qty = models.PositiveIntegerField(
-        default=1, validators=[MinValueValidator(1), MaxValueValidator(MAX_CREATE_QTY)],
+        default=1,
+        validators=[MinValueValidator(1), MaxValueValidator(MAX_CREATE_QTY)],
         help_text="Number of results to generate (handler calls per request)",
     )
     expiration = models.PositiveIntegerField(
-        null=True, blank=True,
+        null=True,
+        blank=True,
         help_text="Seconds a request may take from intake before it ends expired; "
-                  "also how long an identical request is answered with this one",
+        "also how long an identical request is answered with this one",
     )
     params = models.JSONField(
-        default=dict, blank=True, validators=[validate_params],
+        default=dict,
+        blank=True,
+        validators=[validate_params],
         help_text="JSON object passed to the handler",
     )
     description = models.CharField(max_length=200, blank=True)
@@ -89,11 +95,18 @@ class ServiceOffer(models.Model):
         ordering = ["service", "action"]
         verbose_name = "service offer"
         constraints = [
-            models.UniqueConstraint(fields=["service", "action"], name="offer_service_action_unique"),
+            models.UniqueConstraint(
+                fields=["service", "action"], name="offer_service_action_unique"
+            ),
         ]
 
     def __str__(self) -> str:
         return f"{self.service}/{self.action}"
+
+    def clean(self) -> None:
+        # Field validators skip "empty" values such as [] or None; params must be an object.
+        if not isinstance(self.params, dict):
+            raise ValidationError({"params": "params must be a JSON object"})
 
     @property
     def inputs(self) -> list[str]:
@@ -107,8 +120,9 @@ class ServiceOffer(models.Model):
 class Account(models.Model):
     """A client's credit balance; the ledger that moves it arrives with credit enforcement."""
 
-    user = models.OneToOneField(settings.AUTH_USER_MODEL, on_delete=models.CASCADE,
-                                related_name="account")
+    user = models.OneToOneField(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="account"
+    )
     balance = models.PositiveBigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)

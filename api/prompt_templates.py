@@ -30,7 +30,9 @@ def template_fields(template: str) -> list[str]:
                 "no attribute or index access"
             )
         if conversion or spec:
-            raise TemplateError(f"{{{name}}} uses a conversion or format spec; use plain {{{name}}}")
+            raise TemplateError(
+                f"{{{name}}} uses a conversion or format spec; use plain {{{name}}}"
+            )
         if name not in fields:
             fields.append(name)
     return fields

@@ -26,8 +26,9 @@ class CatalogView(APIView):
     authentication_classes = []
 
     def get(self, request):
-        return Response({"offers": [offer_repr(o) for o in selectors.offer_list_active()],
-                         "deals": []})
+        return Response(
+            {"offers": [offer_repr(o) for o in selectors.offer_list_active()], "deals": []}
+        )
 
 
 class OfferIntakeView(APIView):
@@ -53,8 +54,12 @@ def _enqueue_or_fail(request_id: str, queue: str) -> None:
     except Exception:
         logger.exception("enqueue failed id=%s", request_id)
         # Nothing was charged yet; end the request so a retry by the client starts afresh.
-        request_fail(request_id=request_id, code="unavailable",
-                     message="the queue was unavailable", from_status=QUEUED)
+        request_fail(
+            request_id=request_id,
+            code="unavailable",
+            message="the queue was unavailable",
+            from_status=QUEUED,
+        )
         raise ApplicationError("unavailable", "the queue is unavailable; retry shortly", status=503)
 
 
@@ -67,12 +72,16 @@ class RequestDetailView(APIView):
 
 
 def healthz(request):
-    checks = {"sql": _check(lambda: connection.cursor().execute("SELECT 1")),
-              "mongo": _check(mongo.ping),
-              "redis": _check(redis_connection().ping)}
+    checks = {
+        "sql": _check(lambda: connection.cursor().execute("SELECT 1")),
+        "mongo": _check(mongo.ping),
+        "redis": _check(redis_connection().ping),
+    }
     healthy = all(value == "ok" for value in checks.values())
-    return JsonResponse({"status": "ok" if healthy else "unavailable", "checks": checks},
-                        status=200 if healthy else 503)
+    return JsonResponse(
+        {"status": "ok" if healthy else "unavailable", "checks": checks},
+        status=200 if healthy else 503,
+    )
 
 
 def _check(probe) -> str:

@@ -4,23 +4,37 @@ import asyncio
 import logging
 
 from django.conf import settings
+from rq import Retry, get_current_job
 from rq.timeouts import JobTimeoutException
 
-from api.services.requests import request_fail, request_start, request_succeed
+from api.services.requests import (
+    request_fail,
+    request_requeue,
+    request_start,
+    request_succeed,
+)
 from executor import runtime
 from executor.handlers import HandlerCall, HandlerError, UnknownHandler, get_handler
 
 logger = logging.getLogger(__name__)
 
 
-def run_request(request_id: str) -> str:
-    """Execute one request; returns its final status (or "skipped" if it was not queued)."""
+def run_request(request_id: str) -> str | Retry:
+    """Execute one request; returns its final status (or "skipped" if it was not queued).
+
+    When the executor shuts down mid-call the request goes back to `queued` and the job
+    returns an RQ `Retry`, which puts it back at the front of its queue.
+    """
     request = request_start(request_id=request_id)
     if request is None:
         logger.info("request skipped id=%s (not queued)", request_id)
         return "skipped"
     try:
         results = runtime.run(execute(request))
+    except runtime.HandedBack:
+        request_requeue(request_id=request_id, note="handed back by a stopping executor")
+        logger.warning("request handed back id=%s", request_id)
+        return _retry_now()
     except JobTimeoutException:
         # RQ's backstop fired (the handler ignored cancellation): end the request, let RQ record it.
         request_fail(request_id=request_id, code="timeout", message="the job timed out")
@@ -38,6 +52,11 @@ def run_request(request_id: str) -> str:
     request_succeed(request_id=request_id, results=results)
     logger.info("request succeeded id=%s", request_id)
     return "succeeded"
+
+
+def _retry_now() -> Retry:
+    job = get_current_job()
+    return Retry(max=(job.number_of_retries or 0) + 1 if job else 1, enqueue_at_front=True)
 
 
 async def execute(request) -> list:

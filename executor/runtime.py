@@ -19,7 +19,7 @@ HTTP_MAX_CONNECTIONS = 512
 # Default timeouts of the shared HTTP client; handlers may pass tighter ones per call.
 HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 # Seconds between checks of a waiting job thread for an asynchronous exception (job timeout).
-WAIT_SLICE = 1.0
+WAIT_SLICE = 0.25
 # Threads for sync handlers; each blocking call holds one while it runs.
 SYNC_HANDLER_THREADS = 256
 
@@ -54,10 +54,20 @@ def run(coro):
             try:
                 return future.result(WAIT_SLICE)
             except concurrent.futures.TimeoutError:
-                continue
+                if hand_back.is_set():
+                    raise HandedBack() from None
     except BaseException:
         future.cancel()
         raise
+
+
+class HandedBack(Exception):
+    """The process is shutting down and gave this job back to its queue unfinished."""
+
+
+# Set when the executor stops before its jobs finish: every waiting job cancels its calls and
+# raises HandedBack so its request goes back to the queue instead of being lost.
+hand_back = threading.Event()
 
 
 def http_client() -> httpx.AsyncClient:

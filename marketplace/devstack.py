@@ -101,7 +101,11 @@ def _manage(env: dict, *args: str) -> str:
 def _prepare(env: dict) -> None:
     _manage(env, "migrate", "--noinput")
     _manage(env, "collectstatic", "--noinput")
-    _manage(env, "catalog", "import", str(ROOT / "api" / "demo_catalog.yaml"))
+    # The demo catalog is loaded once: later runs keep what the operator changed in the admin.
+    marker = Path(env["DATA_DIR"]) / "demo_catalog_loaded"
+    if not marker.exists():
+        _manage(env, "catalog", "import", str(ROOT / "api" / "demo_catalog.yaml"))
+        marker.touch()
 
 
 # Run by `manage.py shell -c`: creates or resets the admin with the password from the env.

@@ -115,6 +115,10 @@ SVC_MAX_BODY_BYTES = envint("SVC_MAX_BODY_BYTES", 1024 * 1024)
 SVC_INTAKE_RATE = envstr("SVC_INTAKE_RATE", "6000/min")
 # Seconds an RQ job may run before the worker kills it (a handler should time out well before).
 SVC_JOB_TIMEOUT = envint("SVC_JOB_TIMEOUT", 900)
+# Jobs one executor process keeps in flight (`runexecutor --concurrency` overrides).
+EXECUTOR_CONCURRENCY = envint("EXECUTOR_CONCURRENCY", 64)
+# Seconds in-flight jobs get to finish on SIGTERM before they are handed back to their queues.
+EXECUTOR_SHUTDOWN_GRACE = envint("EXECUTOR_SHUTDOWN_GRACE", 25)
 # Name of the RQ queue requests go to when their handler names no resource queue.
 SVC_DEFAULT_QUEUE = envstr("SVC_DEFAULT_QUEUE", "svc-default")
 

@@ -61,8 +61,13 @@ def echo_handler(db) -> ServiceHandler:
 @pytest.fixture
 def greet_offer(echo_handler) -> ServiceOffer:
     return ServiceOffer.objects.create(
-        service="text", action="greet", price=3, prompt_template="Hello {name} from {place}",
-        handler=echo_handler, create_qty=1, params={},
+        service="text",
+        action="greet",
+        price=3,
+        prompt_template="Hello {name} from {place}",
+        handler=echo_handler,
+        create_qty=1,
+        params={},
     )
 
 
@@ -71,7 +76,12 @@ def make_offer(db):
     def make(service="text", action="act", handler="local.echo", prompt_template="{x}", **fields):
         handler_row, _ = ServiceHandler.objects.get_or_create(id=handler, defaults={"credits": 1})
         fields.setdefault("price", 1)
-        return ServiceOffer.objects.create(service=service, action=action, handler=handler_row,
-                                           prompt_template=prompt_template, **fields)
+        return ServiceOffer.objects.create(
+            service=service,
+            action=action,
+            handler=handler_row,
+            prompt_template=prompt_template,
+            **fields,
+        )
 
     return make

@@ -18,3 +18,19 @@ def error_code(response) -> str:
     assert set(body) == {"error"}, body
     assert {"code", "message"} <= set(body["error"]), body
     return body["error"]["code"]
+
+
+def run_concurrent_worker(concurrency: int, *queues: str) -> None:
+    """Drain the queues with the executor's ConcurrentWorker in this process (burst mode)."""
+    from executor.worker import ConcurrentWorker
+
+    names = queues or (None,)
+    ConcurrentWorker(
+        [get_queue(q) for q in names], connection=redis_connection(), concurrency=concurrency
+    ).work(burst=True, with_scheduler=False)
+
+
+def submit(api, path: str, inputs: dict) -> dict:
+    response = api.post(path, inputs, format="json")
+    assert response.status_code == 202, response.content
+    return response.json()

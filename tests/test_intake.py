@@ -34,8 +34,9 @@ def test_it_accepts_a_request_and_queues_its_job(alice_api, greet_offer):
     assert body["inputs"] == INPUTS and body["price"] == 3 and body["results"] == []
     assert body["url"] == f"/svc/request/{body['id']}/"
     assert body["created_at"].endswith("Z") and body["started_at"] is None
-    expected_id = dedupe_key(user_id=alice_api.user.pk, service="text", action="greet",
-                             inputs=INPUTS)
+    expected_id = dedupe_key(
+        user_id=alice_api.user.pk, service="text", action="greet", inputs=INPUTS
+    )
     assert body["id"] == expected_id and len(expected_id) == 64
     assert get_queue().job_ids == [body["id"]]
     assert ServiceRequest.objects.get(id=body["id"]).prompt == "Hello Ada from Paris"
@@ -74,8 +75,9 @@ def test_a_succeeded_request_answers_duplicates_until_it_expires(alice_api, make
     assert first["expires_at"] is not None
     run_worker()
     assert alice_api.post("/svc/text/short/", {"x": "a"}, format="json").status_code == 200
-    ServiceRequest.objects(id=first["id"]).update_one(set__expires_at=ServiceRequest.objects.get(
-        id=first["id"]).created_at)
+    ServiceRequest.objects(id=first["id"]).update_one(
+        set__expires_at=ServiceRequest.objects.get(id=first["id"]).created_at
+    )
     renewed = alice_api.post("/svc/text/short/", {"x": "a"}, format="json")
     assert renewed.status_code == 202 and renewed.json()["id"] != first["id"]
 
@@ -118,8 +120,12 @@ def test_it_names_the_fields_at_fault(alice_api, greet_offer):
 
 
 def test_it_parses_json_whatever_the_content_type(alice_api, greet_offer):
-    response = post_raw(alice_api, GREET, json.dumps(INPUTS).encode(),
-                        content_type="application/x-www-form-urlencoded")
+    response = post_raw(
+        alice_api,
+        GREET,
+        json.dumps(INPUTS).encode(),
+        content_type="application/x-www-form-urlencoded",
+    )
     assert response.status_code == 202
 
 
@@ -133,8 +139,9 @@ def test_it_requires_a_valid_token(anon_api, greet_offer, header):
     assert_nothing_stored()
 
 
-@pytest.mark.parametrize("path", ["/svc/text/nope/", "/svc/nope/greet/", "/svc/text/",
-                                  "/svc/a/b/c/", "/nowhere"])
+@pytest.mark.parametrize(
+    "path", ["/svc/text/nope/", "/svc/nope/greet/", "/svc/text/", "/svc/a/b/c/", "/nowhere"]
+)
 def test_unknown_endpoints_answer_json_404(alice_api, greet_offer, path):
     response = alice_api.post(path, INPUTS, format="json")
     assert response.status_code == 404
@@ -165,8 +172,10 @@ def test_it_rejects_a_body_over_the_limit(alice_api, greet_offer):
 
 @override_settings(SVC_INTAKE_RATE="2/min")
 def test_it_rate_limits_per_client(alice_api, bob_api, greet_offer):
-    codes = [alice_api.post(GREET, {"name": str(i), "place": "P"}, format="json").status_code
-             for i in range(3)]
+    codes = [
+        alice_api.post(GREET, {"name": str(i), "place": "P"}, format="json").status_code
+        for i in range(3)
+    ]
     assert codes == [202, 202, 429]
     limited = alice_api.post(GREET, {"name": "x", "place": "P"}, format="json")
     assert error_code(limited) == "rate_limited"
@@ -175,8 +184,9 @@ def test_it_rate_limits_per_client(alice_api, bob_api, greet_offer):
     assert ServiceRequest.objects.count() == 3
 
 
-def test_it_answers_503_and_keeps_nothing_live_when_redis_is_down(alice_api, greet_offer,
-                                                                   monkeypatch):
+def test_it_answers_503_and_keeps_nothing_live_when_redis_is_down(
+    alice_api, greet_offer, monkeypatch
+):
     dead = redis.Redis(port=free_port(), socket_connect_timeout=0.5)
     monkeypatch.setattr("executor.queues.redis_connection", lambda: dead)
     response = alice_api.post(GREET, INPUTS, format="json")
@@ -193,17 +203,27 @@ def test_weird_request_ids_answer_404_not_500(alice_api):
 
 def test_the_catalog_lists_offers_with_their_inputs(anon_api, greet_offer):
     body = anon_api.get("/svc/").json()
-    assert body["offers"] == [{
-        "service": "text", "action": "greet", "url": GREET, "description": "",
-        "inputs": ["name", "place"], "price": 3, "create_qty": 1, "expiration": None,
-    }]
+    assert body["offers"] == [
+        {
+            "service": "text",
+            "action": "greet",
+            "url": GREET,
+            "description": "",
+            "inputs": ["name", "place"],
+            "price": 3,
+            "create_qty": 1,
+            "expiration": None,
+        }
+    ]
 
 
 def test_healthz_reports_every_store(anon_api, db):
     response = anon_api.get("/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok",
-                               "checks": {"sql": "ok", "mongo": "ok", "redis": "ok"}}
+    assert response.json() == {
+        "status": "ok",
+        "checks": {"sql": "ok", "mongo": "ok", "redis": "ok"},
+    }
 
 
 def test_healthz_answers_503_when_a_store_is_down(anon_api, db, monkeypatch):

@@ -158,6 +158,13 @@ def request_start(*, request_id: str) -> ServiceRequest | None:
     )
 
 
+def request_requeue(*, request_id: str, note: str) -> ServiceRequest | None:
+    """Give a running request back to the queue (its executor stopped before it finished)."""
+    return _transition(
+        request_id, from_status=RUNNING, to_status=QUEUED, note=note, started_at=None
+    )
+
+
 def request_succeed(*, request_id: str, results: list) -> ServiceRequest | None:
     return _transition(
         request_id,

@@ -11,6 +11,11 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
+class _Server(ThreadingHTTPServer):
+    # The default backlog of 5 resets connections when executors call with many jobs at once.
+    request_queue_size = 512
+
+
 @dataclass
 class RecordedRequest:
     method: str
@@ -44,7 +49,7 @@ class StubServer:
     def __init__(self):
         self.requests: list[RecordedRequest] = []
         self.scripted = Script()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server = _Server(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         # A short poll interval lets `stop()` return quickly at each test's teardown.
         self._thread = threading.Thread(

@@ -1,14 +1,16 @@
-"""`manage.py runexecutor`: an RQ worker process that runs request jobs."""
+"""`manage.py runexecutor`: one executor process running many request jobs at once."""
+
+import logging
 
 from django.conf import settings
-from django.core.management.base import BaseCommand
-from rq import SimpleWorker
+from django.core.management.base import BaseCommand, CommandError
 
 from executor.queues import get_queue, redis_connection
+from executor.worker import ConcurrentWorker
 
 
 class Command(BaseCommand):
-    help = "Run an executor: an RQ worker that executes queued service requests."
+    help = "Run an executor: an RQ worker that executes queued service requests concurrently."
 
     def add_arguments(self, parser):
         parser.add_argument(
@@ -17,11 +19,32 @@ class Command(BaseCommand):
             default=[settings.SVC_DEFAULT_QUEUE],
             help="queues to listen on, in priority order",
         )
-        parser.add_argument("--burst", action="store_true", help="exit once the queues are empty")
-        parser.add_argument("--name", help="worker name (default: host.pid)")
-
-    def handle(self, *args, queues, burst, name, **options):
-        worker = SimpleWorker(
-            [get_queue(q) for q in queues], connection=redis_connection(), name=name
+        parser.add_argument(
+            "--concurrency",
+            type=int,
+            default=settings.EXECUTOR_CONCURRENCY,
+            help="jobs in flight at once (default EXECUTOR_CONCURRENCY, "
+            f"{settings.EXECUTOR_CONCURRENCY})",
         )
-        worker.work(burst=burst, with_scheduler=False)
+        parser.add_argument(
+            "--shutdown-grace",
+            type=float,
+            default=settings.EXECUTOR_SHUTDOWN_GRACE,
+            help="seconds in-flight jobs get to finish on SIGTERM before they "
+            "are handed back to their queues",
+        )
+        parser.add_argument("--burst", action="store_true", help="exit once the queues are empty")
+        parser.add_argument("--name", help="worker name (default: a random id)")
+
+    def handle(self, *args, queues, concurrency, shutdown_grace, burst, name, **options):
+        if concurrency < 1:
+            raise CommandError(f"--concurrency must be at least 1, not {concurrency}")
+        worker = ConcurrentWorker(
+            [get_queue(q) for q in queues],
+            connection=redis_connection(),
+            name=name,
+            concurrency=concurrency,
+            shutdown_grace=shutdown_grace,
+        )
+        level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
+        worker.work(burst=burst, with_scheduler=True, logging_level=level)

@@ -1,0 +1,161 @@
+"""ConcurrentWorker: an RQ worker that keeps up to N jobs in flight in one process.
+
+RQ's `Worker` forks a process per job and `SimpleWorker` runs one job at a time. AI calls
+spend seconds waiting on the network, so this worker runs each job in a thread of its own
+(the handler calls themselves run on the process's shared asyncio loop, see runtime.py) and
+dequeues only when a slot is free. Everything else is RQ's: each job gets an Execution in
+the started registry, results and failures land in RQ's registries, the worker registers and
+heartbeats, and job timeouts hold (TimerDeathPenalty works in any thread).
+
+Shutdown: the first SIGTERM/SIGINT stops dequeuing and lets in-flight jobs finish for up to
+`shutdown_grace` seconds; jobs still running then (or at a second signal) are handed back:
+their requests return to `queued` and their RQ jobs to the front of their queues.
+"""
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from rq import SimpleWorker
+from rq.job import Job
+from rq.queue import Queue
+from rq.timeouts import TimerDeathPenalty
+from rq.worker import WorkerStatus
+
+from executor import runtime
+
+# Seconds one blocking dequeue waits before the loop re-checks for a stop request.
+DEQUEUE_POLL_SECONDS = 2
+# Seconds between checks for a stop request (and heartbeats) while every slot is busy.
+SLOT_WAIT_SECONDS = 1
+# Default seconds in-flight jobs get to finish after a stop request before they are handed back.
+DEFAULT_SHUTDOWN_GRACE = 25
+
+
+class ConcurrentWorker(SimpleWorker):
+    death_penalty_class = TimerDeathPenalty
+
+    def __init__(
+        self, *args, concurrency: int = 64, shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE, **kwargs
+    ):
+        self._local = threading.local()  # before super().__init__, which sets self.execution
+        super().__init__(*args, **kwargs)
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        self.concurrency = concurrency
+        self.shutdown_grace = shutdown_grace
+        self._slots = threading.BoundedSemaphore(concurrency)
+        self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="job")
+        self._inflight: dict[str, Job] = {}
+        self._inflight_lock = threading.Lock()
+        self._force_stop = threading.Event()
+
+    # RQ keeps the running job's Execution on the worker; with many jobs it is per thread.
+    @property
+    def execution(self):
+        return getattr(self._local, "execution", None)
+
+    @execution.setter
+    def execution(self, value) -> None:
+        self._local.execution = value
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
+        """Take a free slot, then a job; None on a stop request, when idle, or (burst) empty."""
+        if not self._take_slot():
+            return None
+        result = None
+        try:
+            result = self._dequeue_polling(timeout, max_idle_time)
+        finally:
+            if result is None:
+                self._slots.release()
+        return result
+
+    def _take_slot(self) -> bool:
+        while not self._slots.acquire(timeout=SLOT_WAIT_SECONDS):
+            self.heartbeat()
+            if self._stop_requested:
+                return False
+        if self._stop_requested:
+            self._slots.release()
+            return False
+        return True
+
+    def _dequeue_polling(self, timeout, max_idle_time):
+        # RQ's dequeue blocks until a job arrives; short polls let the loop see a stop request.
+        if timeout is None:  # burst: one non-blocking look
+            return super().dequeue_job_and_maintain_ttl(None, max_idle_time)
+        idle_since = time.monotonic()
+        while not self._stop_requested:
+            result = super().dequeue_job_and_maintain_ttl(timeout, DEQUEUE_POLL_SECONDS)
+            if result is not None:
+                return result
+            if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
+                return None
+        return None
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        with self._inflight_lock:
+            self._inflight[job.id] = job
+        self.set_state(WorkerStatus.BUSY)
+        self._pool.submit(self._run_job, job, queue)
+
+    def _run_job(self, job: Job, queue: Queue) -> None:
+        try:
+            self.prepare_execution(job)
+            self.perform_job(job, queue)
+        except Exception:
+            self.log.exception("Worker %s: job %s escaped RQ's handling", self.name, job.id)
+        finally:
+            self.execution = None
+            with self._inflight_lock:
+                self._inflight.pop(job.id, None)
+                idle = not self._inflight
+            if idle and not self._stop_requested:
+                self.set_state(WorkerStatus.IDLE)
+            self._slots.release()
+
+    def set_current_job_working_time(self, current_job_working_time, pipeline=None):
+        # One figure cannot describe many jobs; RQ keeps per-job times on each Execution.
+        return None
+
+    # Signals: never raise inside the main loop (it may be mid-dequeue); it polls the flags.
+    def _shutdown(self) -> None:
+        self._stop_requested = True
+        self.set_shutdown_requested_date()
+        self.log.info(
+            "Worker %s: stopping; %d job(s) in flight get %ss to finish",
+            self.name,
+            self.inflight,
+            self.shutdown_grace,
+        )
+
+    def request_force_stop(self, signum, frame) -> None:
+        self.log.warning(
+            "Worker %s: second signal, handing back %d job(s) now", self.name, self.inflight
+        )
+        self._force_stop.set()
+
+    def teardown(self) -> None:
+        self._drain()
+        super().teardown()
+
+    def _drain(self) -> None:
+        """Wait for in-flight jobs; past the grace period hand the rest back to their queues."""
+        deadline = time.monotonic() + self.shutdown_grace
+        last_beat = time.monotonic()
+        while self._inflight and not self._force_stop.is_set():
+            if self._stop_requested and time.monotonic() >= deadline:
+                break
+            if time.monotonic() - last_beat > SLOT_WAIT_SECONDS:
+                self.heartbeat()
+                last_beat = time.monotonic()
+            self._force_stop.wait(0.05)
+        if self._inflight:
+            self.log.warning("Worker %s: handing back %d job(s)", self.name, self.inflight)
+            runtime.hand_back.set()
+        self._pool.shutdown(wait=True)

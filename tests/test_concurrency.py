@@ -1,0 +1,190 @@
+"""Many jobs in flight per executor process, proven by overlap rather than by timing."""
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+from rq.registry import StartedJobRegistry
+
+from api.documents import ServiceRequest
+from executor.handlers import HandlerCall, handler
+from executor.queues import get_queue, redis_connection
+from tests.helpers import run_concurrent_worker, submit
+
+pytest_plugins = ["tests.stubs.fixtures"]
+
+ROOT = Path(__file__).resolve().parent.parent
+# Seconds a barrier waits before declaring that the jobs did not overlap.
+BARRIER_TIMEOUT = 30
+N = 20
+
+sync_barrier = threading.Barrier(N, timeout=BARRIER_TIMEOUT)
+async_barrier: dict[str, asyncio.Barrier] = {}
+release_sync = threading.Event()
+async_done = []
+
+
+@handler
+def meet_sync(call: HandlerCall) -> int:
+    return sync_barrier.wait()
+
+
+@handler
+async def meet_async(call: HandlerCall) -> str:
+    barrier = async_barrier.setdefault("b", asyncio.Barrier(N))
+    async with asyncio.timeout(BARRIER_TIMEOUT):
+        await barrier.wait()
+    return "met"
+
+
+@handler
+def block_until_released(call: HandlerCall) -> str:
+    assert release_sync.wait(BARRIER_TIMEOUT), "the async calls never finished"
+    return "released"
+
+
+@handler
+async def quick_async(call: HandlerCall) -> str:
+    await asyncio.sleep(0.01)
+    async_done.append(call.request_id)
+    if len(async_done) == 4:
+        release_sync.set()
+    return "quick"
+
+
+def statuses() -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for request in ServiceRequest.objects.only("status"):
+        counts[request.status] = counts.get(request.status, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize(
+    "handler_id", ["test_concurrency.meet_sync", "test_concurrency.meet_async"]
+)
+def test_it_runs_concurrency_jobs_at_once(alice_api, make_offer, handler_id):
+    """N handlers wait on a barrier of N: a serial executor would break the barrier."""
+    sync_barrier.reset()
+    async_barrier.clear()
+    make_offer(service="t", action="meet", handler=handler_id)
+    for i in range(N):
+        submit(alice_api, "/svc/t/meet/", {"x": i})
+    run_concurrent_worker(N)
+    assert statuses() == {"succeeded": N}
+
+
+def test_a_blocking_sync_handler_does_not_stall_async_ones(alice_api, make_offer):
+    release_sync.clear()
+    async_done.clear()
+    make_offer(service="t", action="block", handler="test_concurrency.block_until_released")
+    make_offer(service="t", action="quick", handler="test_concurrency.quick_async")
+    submit(alice_api, "/svc/t/block/", {"x": 0})
+    for i in range(4):
+        submit(alice_api, "/svc/t/quick/", {"x": i})
+    run_concurrent_worker(5)
+    assert statuses() == {"succeeded": 5}
+
+
+def test_it_never_holds_more_jobs_than_its_concurrency(alice_api, make_offer):
+    make_offer(service="t", action="slowish", params={"delay_seconds": 0.05})
+    for i in range(30):
+        submit(alice_api, "/svc/t/slowish/", {"x": i})
+    peak = []
+    registry = StartedJobRegistry(get_queue().name, connection=redis_connection())
+    stop = threading.Event()
+
+    def watch():
+        while not stop.is_set():
+            peak.append(registry.count)
+            time.sleep(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        run_concurrent_worker(4)
+    finally:
+        stop.set()
+        watcher.join()
+    assert statuses() == {"succeeded": 30}
+    assert 1 <= max(peak) <= 4
+
+
+def executor_process(*args: str) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "runexecutor", *args],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def wait_for(predicate, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def finish(process: subprocess.Popen, timeout: float = 60) -> str:
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        raise AssertionError(f"executor did not stop:\n{output[-3000:]}")
+    return output
+
+
+def test_sigterm_hands_back_unfinished_jobs_and_loses_none(alice_api, make_offer):
+    make_offer(service="t", action="slow", params={"delay_seconds": 60})
+    ids = [submit(alice_api, "/svc/t/slow/", {"x": i})["id"] for i in range(N)]
+    process = executor_process("--concurrency", str(N), "--shutdown-grace", "0.5")
+    wait_for(lambda: statuses().get("running") == N, what="20 running requests")
+    process.send_signal(signal.SIGTERM)
+    output = finish(process)
+    assert process.returncode == 0, output
+    assert statuses() == {"queued": N}, output
+    assert sorted(get_queue().job_ids) == sorted(ids)
+    # The requests run to success once an executor picks them up again (no delay this time).
+    ServiceRequest.objects.update(set__params={})
+    run_concurrent_worker(N)
+    assert statuses() == {"succeeded": N}
+    assert {r.attempts for r in ServiceRequest.objects} == {2}
+
+
+def test_sigterm_lets_in_flight_jobs_finish_within_the_grace(alice_api, make_offer):
+    make_offer(service="t", action="short", params={"delay_seconds": 2})
+    for i in range(N):
+        submit(alice_api, "/svc/t/short/", {"x": i})
+    process = executor_process("--concurrency", str(N), "--shutdown-grace", "60")
+    wait_for(lambda: statuses().get("running") == N, what="20 running requests")
+    process.send_signal(signal.SIGTERM)
+    output = finish(process)
+    assert process.returncode == 0, output
+    assert statuses() == {"succeeded": N}, output
+
+
+def test_two_executors_never_run_the_same_request_twice(alice_api, make_offer, json_stub):
+    make_offer(service="t", action="post", handler="http.post", params={"url": json_stub.url})
+    ids = {submit(alice_api, "/svc/t/post/", {"x": i})["id"] for i in range(200)}
+    processes = [executor_process("--concurrency", "50", "--burst") for _ in range(2)]
+    outputs = [finish(p, timeout=120) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    errors = [r.error for r in ServiceRequest.objects(status__ne="succeeded")]
+    assert statuses() == {"succeeded": 200}, errors
+    called = [r.json["request_id"] for r in json_stub.requests]
+    assert sorted(called) == sorted(ids)  # every request exactly once
+    # Both processes took part (each logs the jobs it completed).
+    assert all("Successfully completed" in out for out in outputs), outputs
