@@ -28,6 +28,8 @@ from executor import runtime
 DEQUEUE_POLL_SECONDS = 2
 # Seconds between checks for a stop request (and heartbeats) while every slot is busy.
 SLOT_WAIT_SECONDS = 1
+# Seconds after a stop signal during which another signal is taken as the same request.
+FORCE_STOP_DEBOUNCE_SECONDS = 1.0
 # Default seconds in-flight jobs get to finish after a stop request before they are handed back.
 DEFAULT_SHUTDOWN_GRACE = 25
 
@@ -49,6 +51,7 @@ class ConcurrentWorker(SimpleWorker):
         self._inflight: dict[str, Job] = {}
         self._inflight_lock = threading.Lock()
         self._force_stop = threading.Event()
+        self._stop_signal_at = float("-inf")
 
     # RQ keeps the running job's Execution on the worker; with many jobs it is per thread.
     @property
@@ -125,6 +128,7 @@ class ConcurrentWorker(SimpleWorker):
 
     # Signals: never raise inside the main loop (it may be mid-dequeue); it polls the flags.
     def _shutdown(self) -> None:
+        self._stop_signal_at = time.monotonic()
         self._stop_requested = True
         self.set_shutdown_requested_date()
         self.log.info(
@@ -135,6 +139,9 @@ class ConcurrentWorker(SimpleWorker):
         )
 
     def request_force_stop(self, signum, frame) -> None:
+        # A process group's Ctrl-C plus a supervisor's SIGTERM arrive together: one request.
+        if time.monotonic() - self._stop_signal_at < FORCE_STOP_DEBOUNCE_SECONDS:
+            return
         self.log.warning(
             "Worker %s: second signal, handing back %d job(s) now", self.name, self.inflight
         )

@@ -39,8 +39,8 @@ def main() -> int:
         nonlocal stopping
         stopping = True
 
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, stop)
     try:
         env = _environment(data_dir, servers)
         _prepare(env)
@@ -151,9 +151,13 @@ def _start_children(env: dict) -> list[subprocess.Popen]:
         ],
         env=env,
         cwd=ROOT,
+        start_new_session=True,  # Ctrl-C reaches only us; each child then gets one SIGTERM
     )
     executor = subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "runexecutor"], env=env, cwd=ROOT
+        [sys.executable, str(ROOT / "manage.py"), "runexecutor"],
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
     )
     return [api, executor]
 
