@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.db.models import Count
 from django.utils.html import format_html, format_html_join
 
-from api.models import Account, ServiceHandler, ServiceOffer
+from api.models import ServiceHandler, ServiceOffer
 from api.prompt_templates import TemplateError
 from executor.handlers import all_handlers
 
@@ -151,13 +151,4 @@ class ServiceOfferAdmin(admin.ModelAdmin):
         return format_html("{}<br>example body: <code>{}</code>", names, example)
 
 
-@admin.register(Account)
-class AccountAdmin(admin.ModelAdmin):
-    list_display = ["user", "balance", "updated_at"]
-    list_select_related = ["user"]
-    search_fields = ["user__username"]
-    fields = ["user", "balance", "created_at", "updated_at"]
-
-    def get_readonly_fields(self, request, obj=None):
-        # An account belongs to one user for good; only the balance is edited here.
-        return ["user", "created_at", "updated_at"] if obj else ["created_at", "updated_at"]
+from api import admin_accounts  # noqa: E402,F401  (accounts, ledger, usage)

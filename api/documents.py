@@ -1,6 +1,7 @@
 """The request document in MongoDB. Only api/services/requests.py and api/selectors.py touch it."""
 
 from mongoengine import (
+    BooleanField,
     DateTimeField,
     DictField,
     Document,
@@ -38,6 +39,8 @@ class ServiceRequest(Document):
     params = DictField()
     create_qty = IntField(default=1)
     price = IntField(default=0)
+    resource = StringField()
+    handler_credits = IntField(default=0)  # integration credits per handler call
     queue = StringField()
     inputs = DictField()
     prompt = StringField()
@@ -45,6 +48,7 @@ class ServiceRequest(Document):
     results = ListField(DynamicField())
     error = DictField(null=True, default=None)
     attempts = IntField(default=0)
+    cancel_requested = BooleanField(default=False)
     created_at = DateTimeField(required=True)
     started_at = DateTimeField(null=True)
     finished_at = DateTimeField(null=True)

@@ -118,14 +118,88 @@ class ServiceOffer(models.Model):
 
 
 class Account(models.Model):
-    """A client's credit balance; the ledger that moves it arrives with credit enforcement."""
+    """A client's credits: `balance` is spendable, `held` is reserved by requests in flight.
+
+    Only api/services/accounts.py changes these, always together with a LedgerEntry, so that
+    granted == balance + held + captured holds at every commit.
+    """
 
     user = models.OneToOneField(
         settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="account"
     )
     balance = models.PositiveBigIntegerField(default=0)
+    held = models.PositiveBigIntegerField(default=0)
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
+    class Meta:
+        constraints = [
+            models.CheckConstraint(
+                condition=models.Q(balance__gte=0), name="account_balance_gte_0"
+            ),
+            models.CheckConstraint(condition=models.Q(held__gte=0), name="account_held_gte_0"),
+        ]
+
     def __str__(self) -> str:
-        return f"{self.user} ({self.balance} credits)"
+        return f"{self.user} ({self.balance} credits, {self.held} held)"
+
+
+class LedgerEntry(models.Model):
+    """One immutable credit movement. A request has at most one hold and one settlement."""
+
+    GRANT, HOLD, CAPTURE, RELEASE = "grant", "hold", "capture", "release"
+    KINDS = [
+        (GRANT, "grant (credits added)"),
+        (HOLD, "hold (reserved at intake)"),
+        (CAPTURE, "capture (charged on success)"),
+        (RELEASE, "release (returned: failed, canceled or expired)"),
+    ]
+
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="ledger_entries"
+    )
+    kind = models.CharField(max_length=10, choices=KINDS)
+    amount = models.PositiveBigIntegerField()
+    # The request the movement belongs to; for grants a unique grant key ("grant:<uuid>").
+    request_id = models.CharField(max_length=80, db_index=True)
+    # Set on captures and releases only: unique, so a request is settled exactly once.
+    settles = models.CharField(max_length=80, null=True, blank=True, unique=True, editable=False)
+    note = models.CharField(max_length=200, blank=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+        verbose_name = "ledger entry"
+        verbose_name_plural = "ledger"
+        constraints = [
+            models.UniqueConstraint(
+                fields=["request_id", "kind"], name="ledger_request_kind_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.amount} ({self.request_id[:12]})"
+
+
+class UsageRecord(models.Model):
+    """What one executed request cost: the client's price and the integration credits used."""
+
+    request_id = models.CharField(max_length=80, unique=True)
+    user = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="usage_records"
+    )
+    service = models.CharField(max_length=50)
+    action = models.CharField(max_length=50)
+    handler = models.CharField(max_length=100)
+    resource = models.CharField(max_length=100, db_index=True)
+    status = models.CharField(max_length=20)
+    calls = models.PositiveIntegerField(help_text="handler calls made")
+    credits = models.PositiveBigIntegerField(help_text="integration credits consumed")
+    price = models.PositiveBigIntegerField(help_text="client credits captured (0 unless succeeded)")
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+
+    class Meta:
+        ordering = ["-created_at", "-id"]
+
+    def __str__(self) -> str:
+        return f"{self.service}/{self.action} {self.request_id[:12]}"

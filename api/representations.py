@@ -3,7 +3,7 @@
 from datetime import datetime
 
 from api.documents import ServiceRequest
-from api.models import ServiceOffer
+from api.models import LedgerEntry, ServiceOffer
 
 
 def iso(value: datetime | None) -> str | None:
@@ -30,6 +30,7 @@ def request_repr(request: ServiceRequest) -> dict:
         "expires_at": iso(request.expires_at),
         "url": f"/svc/request/{request.id}/",
         "children": list(request.children),
+        "cancel_requested": bool(request.cancel_requested),
     }
 
 
@@ -43,4 +44,21 @@ def offer_repr(offer: ServiceOffer) -> dict:
         "price": offer.price,
         "create_qty": offer.create_qty,
         "expiration": offer.expiration,
+    }
+
+
+def account_repr(summary: dict) -> dict:
+    return {
+        "balance": summary["balance"],
+        "held": summary["held"],
+        "transactions": [
+            {
+                "kind": entry.kind,
+                "amount": entry.amount,
+                "request_id": None if entry.kind == LedgerEntry.GRANT else entry.request_id,
+                "note": entry.note,
+                "created_at": iso(entry.created_at),
+            }
+            for entry in summary["transactions"]
+        ],
     }

@@ -1,7 +1,10 @@
 """Reads: the catalog and a client's requests."""
 
 from api.documents import ServiceRequest
-from api.models import ServiceOffer
+from api.models import Account, LedgerEntry, ServiceOffer
+
+# Ledger entries GET /svc/account/ lists, newest first.
+ACCOUNT_TRANSACTIONS = 100
 
 
 def offer_get_active(*, service: str, action: str) -> ServiceOffer | None:
@@ -25,3 +28,13 @@ def request_get_for_user(*, request_id: str, user_id: int) -> ServiceRequest | N
 
 def request_get(*, request_id: str) -> ServiceRequest | None:
     return ServiceRequest.objects(id=request_id).first()
+
+
+def account_summary(*, user) -> dict:
+    account = Account.objects.filter(user=user).first()
+    entries = LedgerEntry.objects.filter(user=user)[:ACCOUNT_TRANSACTIONS]
+    return {
+        "balance": account.balance if account else 0,
+        "held": account.held if account else 0,
+        "transactions": list(entries),
+    }

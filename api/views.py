@@ -11,12 +11,12 @@ from rest_framework.views import APIView
 
 from api import mongo, selectors
 from api.body import read_json_object
-from api.documents import QUEUED
 from api.errors import ApplicationError
-from api.representations import offer_repr, request_repr
-from api.services.requests import request_fail, request_submit
+from api.representations import account_repr, offer_repr, request_repr
+from api.services.cancel import request_cancel_by_client
+from api.services.intake import intake_submit
 from api.throttling import IntakeThrottle
-from executor.queues import enqueue_request, redis_connection
+from executor.queues import redis_connection
 
 logger = logging.getLogger(__name__)
 
@@ -39,28 +39,8 @@ class OfferIntakeView(APIView):
         if offer is None:
             raise ApplicationError("not_found", f"no offer at /svc/{service}/{action}/", status=404)
         inputs = read_json_object(request, limit=settings.SVC_MAX_BODY_BYTES)
-        svc_request, created = request_submit(
-            user_id=request.user.pk, offer=offer, inputs=inputs, queue=settings.SVC_DEFAULT_QUEUE
-        )
-        if created:
-            _enqueue_or_fail(svc_request.id, svc_request.queue)
-            logger.info("request accepted id=%s offer=%s", svc_request.id, offer)
+        svc_request, created = intake_submit(user_id=request.user.pk, offer=offer, inputs=inputs)
         return Response(request_repr(svc_request), status=202 if created else 200)
-
-
-def _enqueue_or_fail(request_id: str, queue: str) -> None:
-    try:
-        enqueue_request(request_id=request_id, queue=queue)
-    except Exception:
-        logger.exception("enqueue failed id=%s", request_id)
-        # Nothing was charged yet; end the request so a retry by the client starts afresh.
-        request_fail(
-            request_id=request_id,
-            code="unavailable",
-            message="the queue was unavailable",
-            from_status=QUEUED,
-        )
-        raise ApplicationError("unavailable", "the queue is unavailable; retry shortly", status=503)
 
 
 class RequestDetailView(APIView):
@@ -69,6 +49,27 @@ class RequestDetailView(APIView):
         if svc_request is None:
             raise ApplicationError("not_found", "no such request", status=404)
         return Response(request_repr(svc_request))
+
+
+class RequestCancelView(APIView):
+    def post(self, request, request_id: str):
+        svc_request = selectors.request_get_for_user(request_id=request_id, user_id=request.user.pk)
+        if svc_request is None:
+            raise ApplicationError("not_found", "no such request", status=404)
+        svc_request, outcome = request_cancel_by_client(request_id=svc_request.id)
+        if outcome == "terminal":
+            raise ApplicationError(
+                "not_cancelable",
+                f"the request is {svc_request.status}; only queued or running ones can be canceled",
+                status=409,
+                status_now=svc_request.status,
+            )
+        return Response(request_repr(svc_request), status=200 if outcome == "canceled" else 202)
+
+
+class AccountView(APIView):
+    def get(self, request):
+        return Response(account_repr(selectors.account_summary(user=request.user)))
 
 
 def healthz(request):

@@ -1,74 +1,178 @@
-"""RQ jobs: thin wrappers that load a request, run its handler calls, and record the outcome."""
+"""RQ jobs: thin wrappers that load a request, run its handler calls, and record the outcome.
+
+One job per request. Its steps, each safe to repeat:
+1. peek at the request: not queued → settle credits if it is terminal (a crash may have
+   stopped an earlier run between Mongo and SQL) and stop;
+2. take the resource's slots and integration credits (Redis, atomic): when saturated or
+   exhausted the request stays queued and the job is retried later (or fails, by policy);
+3. claim the request (queued → running), call the handler `create_qty` times within the
+   slots, record the outcome, then capture or release the client's hold.
+"""
 
 import asyncio
 import logging
+import random
 
 from django.conf import settings
 from rq import Retry, get_current_job
 from rq.timeouts import JobTimeoutException
 
+from api.documents import QUEUED, SUCCEEDED, TERMINAL, ServiceRequest
+from api.selectors import request_get
+from api.services.accounts import account_capture, account_release, usage_record
 from api.services.requests import (
+    now,
+    request_expire,
     request_fail,
     request_requeue,
     request_start,
     request_succeed,
 )
-from executor import runtime
+from executor import resources, runtime
 from executor.handlers import HandlerCall, HandlerError, UnknownHandler, get_handler
 
 logger = logging.getLogger(__name__)
 
+# Seconds before the first retry of a request whose resource is saturated; doubles per retry.
+SATURATED_BACKOFF_BASE = 0.5
+# Longest wait between retries of a request waiting for its resource.
+SATURATED_BACKOFF_MAX = 15.0
+
 
 def run_request(request_id: str) -> str | Retry:
-    """Execute one request; returns its final status (or "skipped" if it was not queued).
-
-    When the executor shuts down mid-call the request goes back to `queued` and the job
-    returns an RQ `Retry`, which puts it back at the front of its queue.
-    """
-    request = request_start(request_id=request_id)
-    if request is None:
-        logger.info("request skipped id=%s (not queued)", request_id)
+    """Execute one request; returns its final status, "skipped", or an RQ Retry."""
+    request = request_get(request_id=request_id)
+    if request is None or request.status != QUEUED:
+        if request is not None and request.status in TERMINAL:
+            settle(request)
         return "skipped"
+    if request.expires_at is not None and request.expires_at <= now():
+        return _finish(request_expire(request_id=request_id, from_status=QUEUED))
     try:
-        results = runtime.run(execute(request))
+        handler = get_handler(request.handler)
+    except UnknownHandler:
+        return _finish(
+            request_fail(
+                request_id=request_id,
+                code="unknown_handler",
+                message=f"handler {request.handler} is not installed",
+                from_status=QUEUED,
+            )
+        )
+    resource = resources.get_resource(request.resource or handler.resource)
+    grant = resources.acquire(
+        resource,
+        slots=min(request.create_qty, resource.max_concurrency or request.create_qty),
+        credits=request.handler_credits * request.create_qty,
+        owner=request_id,
+    )
+    if isinstance(grant, resources.Denied):
+        return _denied(request, resource, grant)
+    started = request_start(request_id=request_id)
+    if started is None:  # canceled or expired meanwhile: the calls were never made
+        resources.release(grant, refund=True)
+        return "skipped"
+    return _execute(started, handler, resource, grant)
+
+
+def _execute(request: ServiceRequest, handler, resource, grant) -> str | Retry:
+    request_id = request.id
+    try:
+        results = runtime.run(execute(request, handler, resource, grant))
     except runtime.HandedBack:
         request_requeue(request_id=request_id, note="handed back by a stopping executor")
         logger.warning("request handed back id=%s", request_id)
-        return _retry_now()
+        return _retry(0)
+    except runtime.Canceled:
+        return _finish(
+            request_fail(request_id=request_id, code="canceled", message="canceled"), grant=grant
+        )
     except JobTimeoutException:
         # RQ's backstop fired (the handler ignored cancellation): end the request, let RQ record it.
-        request_fail(request_id=request_id, code="timeout", message="the job timed out")
+        _finish(
+            request_fail(request_id=request_id, code="timeout", message="the job timed out"),
+            grant=grant,
+        )
         raise
     except HandlerError as exc:
         logger.info("request failed id=%s code=%s", request_id, exc.code)
-        request_fail(request_id=request_id, code=exc.code, message=exc.message)
-        return "failed"
+        return _finish(
+            request_fail(request_id=request_id, code=exc.code, message=exc.message), grant=grant
+        )
     except Exception:
         logger.exception("handler crashed id=%s handler=%s", request_id, request.handler)
-        request_fail(
-            request_id=request_id, code="handler_error", message="the handler failed unexpectedly"
+        return _finish(
+            request_fail(
+                request_id=request_id,
+                code="handler_error",
+                message="the handler failed unexpectedly",
+            ),
+            grant=grant,
         )
-        return "failed"
-    request_succeed(request_id=request_id, results=results)
-    logger.info("request succeeded id=%s", request_id)
-    return "succeeded"
+    return _finish(request_succeed(request_id=request_id, results=results), grant=grant)
 
 
-def _retry_now() -> Retry:
+def _denied(request: ServiceRequest, resource, denied) -> str | Retry:
+    if resource.policy == "fail":
+        return _finish(
+            request_fail(
+                request_id=request.id,
+                code=f"resource_{denied.reason}",
+                message=f"resource {resource.name} is {denied.reason}",
+                from_status=QUEUED,
+            )
+        )
     job = get_current_job()
-    return Retry(max=(job.number_of_retries or 0) + 1 if job else 1, enqueue_at_front=True)
+    attempt = (job.number_of_retries or 0) if job else 0
+    if denied.reason == "exhausted":
+        delay = denied.retry_after + random.uniform(0, 1)  # spread the rush at rollover
+    else:
+        backoff = min(SATURATED_BACKOFF_MAX, SATURATED_BACKOFF_BASE * 2 ** min(attempt, 10))
+        delay = random.uniform(backoff / 2, backoff)
+    logger.info(
+        "request waits for resource id=%s resource=%s reason=%s retry_in=%.1fs",
+        request.id,
+        resource.name,
+        denied.reason,
+        delay,
+    )
+    return _retry(delay)
 
 
-async def execute(request) -> list:
-    """Call the request's handler `create_qty` times, concurrently; results in call order.
+def _retry(delay: float) -> Retry:
+    """Put the job back: at the front of its queue now, or scheduled after `delay` seconds."""
+    job = get_current_job()
+    retries = (job.number_of_retries or 0) if job else 0
+    seconds = max(0, round(delay))
+    return Retry(max=retries + 1, interval=[seconds], enqueue_at_front=seconds == 0)
+
+
+def _finish(request: ServiceRequest | None, grant=None) -> str:
+    """Settle credits for a request that just ended; record its usage if it made calls."""
+    if request is None:
+        return "skipped"
+    settle(request)
+    if grant is not None:  # it made calls: record what they cost
+        calls = request.create_qty
+        usage_record(request=request, calls=calls, credits=request.handler_credits * calls)
+    logger.info("request %s id=%s", request.status, request.id)
+    return request.status
+
+
+def settle(request: ServiceRequest) -> None:
+    """Capture the hold of a succeeded request, release any other's. Idempotent."""
+    if request.status == SUCCEEDED:
+        account_capture(request_id=request.id)
+    elif request.status in TERMINAL:
+        account_release(request_id=request.id, note=request.status)
+
+
+async def execute(request, handler, resource, grant) -> list:
+    """Call the handler `create_qty` times, at most `grant.slots` at once; results in order.
 
     The first failure cancels the sibling calls (no paid upstream work for a failed request),
     and the whole execution must finish within SVC_JOB_TIMEOUT.
     """
-    try:
-        handler = get_handler(request.handler)
-    except UnknownHandler:
-        raise HandlerError("unknown_handler", f"handler {request.handler} is not installed")
     calls = [
         HandlerCall(
             request_id=request.id,
@@ -79,10 +183,20 @@ async def execute(request) -> list:
         )
         for i in range(request.create_qty)
     ]
+    slots = asyncio.Semaphore(grant.slots)
     timeout = settings.SVC_JOB_TIMEOUT
+
+    async def one(call: HandlerCall):
+        async with slots:
+            return await _call(handler, call)
+
     try:
-        async with asyncio.timeout(timeout), asyncio.TaskGroup() as group:
-            tasks = [group.create_task(_call(handler, call)) for call in calls]
+        async with (
+            resources.leased(grant, resource),
+            asyncio.timeout(timeout),
+            asyncio.TaskGroup() as group,
+        ):
+            tasks = [group.create_task(one(call)) for call in calls]
     except TimeoutError:
         raise HandlerError("timeout", f"the handler did not finish within {timeout}s")
     except ExceptionGroup as failures:

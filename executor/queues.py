@@ -1,10 +1,16 @@
 """RQ queues on the one Redis connection; the API enqueues by job path, never importing handlers."""
 
+import logging
 from functools import lru_cache
 
 import redis
 from django.conf import settings
 from rq import Queue
+from rq.command import send_stop_job_command
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.job import Job
+
+logger = logging.getLogger(__name__)
 
 # The job the executor runs for a request (a dotted path so the API need not import it).
 RUN_REQUEST_JOB = "executor.jobs.run_request"
@@ -24,6 +30,30 @@ def redis_connection() -> redis.Redis:
     )
 
 
+def route_for_handler(handler_id: str) -> tuple[str, str]:
+    """(resource, queue) for a handler: each resource has its own queue, so a saturated
+    resource never holds up requests for another. Unknown handlers go to the default queue,
+    where the executor fails them as unknown_handler."""
+    from executor.handlers import UnknownHandler, get_handler
+    from executor.resources import queue_name
+
+    try:
+        resource = get_handler(handler_id).resource
+    except UnknownHandler:
+        return "", settings.SVC_DEFAULT_QUEUE
+    return resource, queue_name(resource)
+
+
+def all_queue_names() -> list[str]:
+    """Every queue requests can be routed to: one per resource of a registered handler or of
+    the resource map, then the default queue."""
+    from executor.handlers import all_handlers
+    from executor.resources import load_resource_map, queue_name
+
+    resources = {h.resource for h in all_handlers().values()} | set(load_resource_map())
+    return sorted(queue_name(r) for r in resources) + [settings.SVC_DEFAULT_QUEUE]
+
+
 def get_queue(name: str | None = None) -> Queue:
     return Queue(name or settings.SVC_DEFAULT_QUEUE, connection=redis_connection())
 
@@ -39,3 +69,19 @@ def enqueue_request(*, request_id: str, queue: str) -> None:
         failure_ttl=FAILURE_TTL,
         description=f"request {request_id}",
     )
+
+
+def cancel_job(job_id: str) -> None:
+    """Take a queued job out of its queue (into RQ's canceled registry); best effort."""
+    try:
+        Job.fetch(job_id, connection=redis_connection()).cancel()
+    except (NoSuchJobError, InvalidJobOperation, redis.RedisError) as exc:
+        logger.info("job %s not canceled in RQ: %s", job_id, type(exc).__name__)
+
+
+def signal_stop_job(job_id: str) -> None:
+    """Ask the executor running a job to stop it (RQ's stop-job command); best effort."""
+    try:
+        send_stop_job_command(redis_connection(), job_id)
+    except (NoSuchJobError, InvalidJobOperation, redis.RedisError) as exc:
+        logger.info("stop signal for job %s not sent: %s", job_id, type(exc).__name__)

@@ -56,9 +56,20 @@ def run(coro):
             except concurrent.futures.TimeoutError:
                 if hand_back.is_set():
                     raise HandedBack() from None
+                cancel = getattr(job_context, "cancel", None)
+                if cancel is not None and cancel.is_set():
+                    raise Canceled() from None
     except BaseException:
         future.cancel()
         raise
+
+
+class Canceled(Exception):
+    """The client canceled the request this job runs; its calls were cancelled."""
+
+
+# Per job thread: `cancel`, an Event the executor sets when RQ's stop-job command names it.
+job_context = threading.local()
 
 
 class HandedBack(Exception):

@@ -17,6 +17,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from rq import SimpleWorker
+from rq.command import parse_payload
 from rq.job import Job
 from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
@@ -51,6 +52,7 @@ class ConcurrentWorker(SimpleWorker):
         self._inflight: dict[str, Job] = {}
         self._inflight_lock = threading.Lock()
         self._force_stop = threading.Event()
+        self._cancels: dict[str, threading.Event] = {}
         self._stop_signal_at = float("-inf")
 
     # RQ keeps the running job's Execution on the worker; with many jobs it is per thread.
@@ -104,10 +106,12 @@ class ConcurrentWorker(SimpleWorker):
     def execute_job(self, job: Job, queue: Queue) -> None:
         with self._inflight_lock:
             self._inflight[job.id] = job
+            self._cancels[job.id] = threading.Event()
         self.set_state(WorkerStatus.BUSY)
         self._pool.submit(self._run_job, job, queue)
 
     def _run_job(self, job: Job, queue: Queue) -> None:
+        runtime.job_context.cancel = self._cancels.get(job.id)
         try:
             self.prepare_execution(job)
             self.perform_job(job, queue)
@@ -115,12 +119,25 @@ class ConcurrentWorker(SimpleWorker):
             self.log.exception("Worker %s: job %s escaped RQ's handling", self.name, job.id)
         finally:
             self.execution = None
+            runtime.job_context.cancel = None
             with self._inflight_lock:
                 self._inflight.pop(job.id, None)
+                self._cancels.pop(job.id, None)
                 idle = not self._inflight
             if idle and not self._stop_requested:
                 self.set_state(WorkerStatus.IDLE)
             self._slots.release()
+
+    def handle_payload(self, message) -> None:
+        """RQ's stop-job command (sent when a client cancels) cancels that job's calls."""
+        payload = parse_payload(message)
+        if payload.get("command") != "stop-job":
+            return super().handle_payload(message)
+        with self._inflight_lock:
+            cancel = self._cancels.get(payload.get("job_id"))
+        if cancel is not None:
+            self.log.info("Worker %s: stopping job %s on request", self.name, payload["job_id"])
+            cancel.set()
 
     def set_current_job_working_time(self, current_job_working_time, pipeline=None):
         # One figure cannot describe many jobs; RQ keeps per-job times on each Execution.

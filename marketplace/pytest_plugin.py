@@ -26,6 +26,7 @@ def pytest_load_initial_conftests(early_config, parser, args):
     os.environ["DATA_DIR"] = str(_tmp / "data")
     (_tmp / "data" / "static").mkdir(parents=True)  # STATIC_ROOT, served by whitenoise
     os.environ.setdefault("DJANGO_SECRET_KEY", secrets.token_urlsafe(32))
+    os.environ["SVC_TEST_DB_IS_MAIN"] = "1"
     db_name = f"svc_test_{secrets.token_hex(4)}"
     if os.environ.get("MONGO_URI"):
         os.environ["MONGO_URI"] = _with_db(os.environ["MONGO_URI"], db_name)

@@ -71,6 +71,10 @@ DATABASES = {
     )
 }
 if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    if envbool("SVC_TEST_DB_IS_MAIN", False):
+        # Set by the test plugin (DATA_DIR is a throwaway there): executor subprocesses that
+        # tests start open the same SQLite file as the tests.
+        DATABASES["default"]["TEST"] = {"NAME": DATABASES["default"]["NAME"]}
     # WAL + a busy timeout let the API and the executor write concurrently.
     DATABASES["default"]["OPTIONS"] = {
         "timeout": 20,

@@ -3,7 +3,8 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from api.documents import ServiceRequest
-from api.models import Account, ServiceHandler, ServiceOffer
+from api.models import ServiceHandler, ServiceOffer
+from api.services.accounts import account_grant
 from executor.queues import redis_connection
 
 
@@ -27,14 +28,14 @@ def _client_for(user) -> APIClient:
 @pytest.fixture
 def alice(django_user_model):
     user = django_user_model.objects.create_user("alice")
-    Account.objects.create(user=user, balance=1000)
+    account_grant(user=user, amount=1000, note="test")
     return user
 
 
 @pytest.fixture
 def bob(django_user_model):
     user = django_user_model.objects.create_user("bob")
-    Account.objects.create(user=user, balance=1000)
+    account_grant(user=user, amount=1000, note="test")
     return user
 
 

@@ -2,12 +2,12 @@
 
 from rq import SimpleWorker
 
-from executor.queues import get_queue, redis_connection
+from executor.queues import all_queue_names, get_queue, redis_connection
 
 
 def run_worker(*queues: str) -> None:
     """Drain the queues with a real RQ worker in this process (burst mode)."""
-    names = queues or (None,)
+    names = queues or all_queue_names()
     SimpleWorker([get_queue(q) for q in names], connection=redis_connection()).work(
         burst=True, with_scheduler=False
     )
@@ -24,7 +24,7 @@ def run_concurrent_worker(concurrency: int, *queues: str) -> None:
     """Drain the queues with the executor's ConcurrentWorker in this process (burst mode)."""
     from executor.worker import ConcurrentWorker
 
-    names = queues or (None,)
+    names = queues or all_queue_names()
     ConcurrentWorker(
         [get_queue(q) for q in names], connection=redis_connection(), concurrency=concurrency
     ).work(burst=True, with_scheduler=False)
@@ -34,3 +34,8 @@ def submit(api, path: str, inputs: dict) -> dict:
     response = api.post(path, inputs, format="json")
     assert response.status_code == 202, response.content
     return response.json()
+
+
+def queued_job_ids() -> list[str]:
+    """Job ids waiting in every request queue."""
+    return [job_id for name in all_queue_names() for job_id in get_queue(name).job_ids]

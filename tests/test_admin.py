@@ -145,13 +145,65 @@ def test_the_offer_changelist_shows_endpoints(admin_client, greet_offer):
     assert "<code>/svc/text/greet/</code>" in response.content.decode()
 
 
-def test_the_account_change_page_edits_the_balance(admin_client, alice):
+def test_an_account_balance_cannot_be_edited_by_hand(admin_client, alice):
     url = reverse("admin:api_account_change", args=[alice.account.pk])
     assert admin_client.get(url).status_code == 200
-    response = admin_client.post(url, {"balance": "42"})
-    assert response.status_code == 302
+    admin_client.post(url, {"balance": "42"})
     alice.account.refresh_from_db()
-    assert alice.account.balance == 42
+    assert alice.account.balance == 1000
+
+
+def test_the_grant_action_adds_credits_through_the_ledger(admin_client, alice, bob):
+    url = reverse("admin:api_account_changelist")
+    ids = [alice.account.pk, bob.account.pk]
+    form = admin_client.post(url, {"action": "grant_credits", "_selected_action": ids})
+    assert form.status_code == 200 and b"Grant credits" in form.content
+    done = admin_client.post(
+        url,
+        {
+            "action": "grant_credits",
+            "_selected_action": ids,
+            "apply": "1",
+            "amount": "25",
+            "note": "promo",
+        },
+    )
+    assert done.status_code == 302
+    for user in (alice, bob):
+        user.account.refresh_from_db()
+        assert user.account.balance == 1025
+        assert user.ledger_entries.filter(kind="grant", amount=25, note="promo").exists()
+
+
+def test_the_grant_action_rejects_a_bad_amount(admin_client, alice):
+    url = reverse("admin:api_account_changelist")
+    response = admin_client.post(
+        url,
+        {
+            "action": "grant_credits",
+            "apply": "1",
+            "amount": "-5",
+            "_selected_action": [alice.account.pk],
+        },
+    )
+    assert response.status_code == 200
+    alice.account.refresh_from_db()
+    assert alice.account.balance == 1000
+
+
+@pytest.mark.parametrize("model", ["ledgerentry", "usagerecord"])
+def test_the_ledger_and_usage_are_read_only(admin_client, alice, model):
+    assert admin_client.get(reverse(f"admin:api_{model}_changelist")).status_code == 200
+    assert admin_client.get(reverse(f"admin:api_{model}_add")).status_code == 403
+
+
+def test_the_usage_changelist_totals_per_resource_and_client(admin_client, alice_api, greet_offer):
+    from tests.helpers import run_worker, submit
+
+    submit(alice_api, "/svc/text/greet/", {"name": "Ada", "place": "P"})
+    run_worker()
+    page = admin_client.get(reverse("admin:api_usagerecord_changelist")).content.decode()
+    assert "Per resource" in page and "<td>local</td>" in page and "<td>alice</td>" in page
 
 
 def test_the_offer_change_page_says_when_there_are_no_inputs(admin_client, make_offer):

@@ -14,10 +14,14 @@ from rq.registry import StartedJobRegistry
 
 from api.documents import ServiceRequest
 from executor.handlers import HandlerCall, handler
-from executor.queues import get_queue, redis_connection
-from tests.helpers import run_concurrent_worker, submit
+from executor.queues import redis_connection
+from executor.resources import queue_name
+from tests.helpers import queued_job_ids, run_concurrent_worker, submit
 
 pytest_plugins = ["tests.stubs.fixtures"]
+# Jobs run in executor threads or processes with their own SQL connections: the test's data
+# must be committed, not held in the test's transaction.
+pytestmark = pytest.mark.django_db(transaction=True)
 
 ROOT = Path(__file__).resolve().parent.parent
 # Seconds a barrier waits before declaring that the jobs did not overlap.
@@ -96,7 +100,7 @@ def test_it_never_holds_more_jobs_than_its_concurrency(alice_api, make_offer):
     for i in range(30):
         submit(alice_api, "/svc/t/slowish/", {"x": i})
     peak = []
-    registry = StartedJobRegistry(get_queue().name, connection=redis_connection())
+    registry = StartedJobRegistry(queue_name("local"), connection=redis_connection())
     stop = threading.Event()
 
     def watch():
@@ -156,7 +160,7 @@ def test_sigterm_hands_back_unfinished_jobs_and_loses_none(alice_api, make_offer
     output = finish(process)
     assert process.returncode == 0, output
     assert statuses() == {"queued": N}, output
-    assert sorted(get_queue().job_ids) == sorted(ids)
+    assert sorted(queued_job_ids()) == sorted(ids)
     # The requests run to success once an executor picks them up again (no delay this time).
     ServiceRequest.objects.update(set__params={})
     run_concurrent_worker(N)

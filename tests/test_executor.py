@@ -4,14 +4,14 @@ import asyncio
 import threading
 from datetime import timedelta
 
+import pytest
 from django.core.management import call_command
 from django.test import override_settings
 
 from api.documents import ServiceRequest
 from executor import jobs
 from executor.handlers import HandlerCall, HandlerError, handler
-from executor.queues import get_queue
-from tests.helpers import run_worker
+from tests.helpers import queued_job_ids, run_worker
 
 calls: list[HandlerCall] = []
 
@@ -130,11 +130,12 @@ def test_a_catalog_edit_after_intake_does_not_change_a_queued_request(alice_api,
     assert alice_api.get(created["url"]).json()["results"] == ["Hello Ada from Paris"]
 
 
+@pytest.mark.django_db(transaction=True)  # jobs run in executor threads with their own connections
 def test_runexecutor_drains_its_queue_in_burst_mode(alice_api, greet_offer):
     created = submit(alice_api, "/svc/text/greet/", {"name": "Ada", "place": "Paris"})
     call_command("runexecutor", "--burst")
     assert alice_api.get(created["url"]).json()["status"] == "succeeded"
-    assert get_queue().count == 0
+    assert queued_job_ids() == []
 
 
 cancelled: list[int] = []

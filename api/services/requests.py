@@ -13,11 +13,13 @@ from mongoengine.errors import NotUniqueError
 
 from api import prompt_templates
 from api.documents import (
+    CANCELED,
     EXPIRED,
     FAILED,
     QUEUED,
     RUNNING,
     SUCCEEDED,
+    TERMINAL,
     ServiceRequest,
 )
 from api.errors import ApplicationError
@@ -82,7 +84,7 @@ def is_live(request: ServiceRequest, at: datetime) -> bool:
 
 
 def request_submit(
-    *, user_id: int, offer: ServiceOffer, inputs: dict, queue: str
+    *, user_id: int, offer: ServiceOffer, inputs: dict, queue: str, resource: str = ""
 ) -> tuple[ServiceRequest, bool]:
     """Create the request document, or return the caller's live identical one.
 
@@ -107,6 +109,8 @@ def request_submit(
         params=offer.params or {},
         create_qty=offer.create_qty,
         price=offer.price,
+        resource=resource,
+        handler_credits=offer.handler.credits,
         queue=queue,
         inputs=inputs,
         prompt=prompt_templates.render(offer.prompt_template, inputs),
@@ -131,15 +135,23 @@ def _event(status: str, at: datetime, note: str = "") -> dict:
 
 
 def _transition(
-    request_id: str, *, from_status: str, to_status: str, note: str = "", **fields
+    request_id: str,
+    *,
+    from_status: str,
+    to_status: str,
+    note: str = "",
+    where: dict | None = None,
+    **fields,
 ) -> ServiceRequest | None:
-    """Move one request from `from_status` to `to_status`; None if it was not in `from_status`."""
+    """Move one request from `from_status` to `to_status`; None if it was not in `from_status`
+    (or did not match the extra `where` conditions). `inc__x` increments; other fields are set.
+    """
     at = now()
     updates = {
         name if name.startswith("inc__") else f"set__{name}": value
         for name, value in fields.items()
     }
-    return ServiceRequest.objects(id=request_id, status=from_status).modify(
+    return ServiceRequest.objects(id=request_id, status=from_status, **(where or {})).modify(
         new=True, set__status=to_status, push__events=_event(to_status, at, note), **updates
     )
 
@@ -166,19 +178,71 @@ def request_requeue(*, request_id: str, note: str) -> ServiceRequest | None:
 
 
 def request_succeed(*, request_id: str, results: list) -> ServiceRequest | None:
-    return _transition(
+    """Record the results, unless the client canceled meanwhile (then it ends canceled)."""
+    done = _transition(
         request_id,
         from_status=RUNNING,
         to_status=SUCCEEDED,
         results=results,
         finished_at=now(),
         error=None,
+        where={"cancel_requested__ne": True},
     )
+    return done or request_cancel_running(request_id=request_id)
+
+
+def request_cancel_running(*, request_id: str) -> ServiceRequest | None:
+    """End a running request whose client asked to cancel it; its results are discarded."""
+    return _transition(
+        request_id,
+        from_status=RUNNING,
+        to_status=CANCELED,
+        finished_at=now(),
+        error={"code": "canceled", "message": "canceled by the client"},
+        where={"cancel_requested": True},
+    )
+
+
+def request_cancel(*, request_id: str) -> tuple[ServiceRequest | None, str]:
+    """Cancel a queued request now, or ask its executor to stop a running one.
+
+    Returns (request, outcome) with outcome "canceled", "cancel_requested" or "terminal".
+    """
+    for _ in range(3):  # the status may move under us (queued → running); look again
+        done = _transition(
+            request_id,
+            from_status=QUEUED,
+            to_status=CANCELED,
+            finished_at=now(),
+            error={"code": "canceled", "message": "canceled by the client"},
+            cancel_requested=True,
+        )
+        if done is not None:
+            return done, "canceled"
+        asked = ServiceRequest.objects(id=request_id, status=RUNNING).modify(
+            new=True, set__cancel_requested=True
+        )
+        if asked is not None:
+            return asked, "cancel_requested"
+        current = ServiceRequest.objects(id=request_id).first()
+        if current is None or current.status in TERMINAL:
+            return current, "terminal"
+    return current, "terminal"
+
+
+def request_discard(*, request_id: str) -> None:
+    """Delete a request that was never accepted (its hold failed); it had no job yet."""
+    ServiceRequest.objects(id=request_id, status=QUEUED).delete()
 
 
 def request_fail(
     *, request_id: str, code: str, message: str, from_status: str = RUNNING
 ) -> ServiceRequest | None:
+    """End a request failed (or canceled, if its client asked meanwhile)."""
+    if from_status == RUNNING:
+        canceled = request_cancel_running(request_id=request_id)
+        if canceled is not None:
+            return canceled
     return _transition(
         request_id,
         from_status=from_status,

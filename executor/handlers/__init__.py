@@ -46,14 +46,17 @@ class Handler:
     func: Callable[[HandlerCall], Any]
     description: str = ""
     is_async: bool = field(default=False)
+    # The shared resource (configs/resource_map.yaml) its calls count against; its RQ queue
+    # is `svc-<resource>`. Defaults to the module name: `openai.chat` uses `openai`.
+    resource: str = ""
 
 
 _registry: dict[str, Handler] = {}
 _loaded = False
 
 
-def handler(func=None, *, name: str | None = None):
-    """Register `func` as `<module>.<name or function name>`."""
+def handler(func=None, *, name: str | None = None, resource: str | None = None):
+    """Register `func` as `<module>.<name or function name>`, limited by `resource`."""
 
     def register(fn):
         module = fn.__module__.rsplit(".", 1)[-1]
@@ -66,6 +69,7 @@ def handler(func=None, *, name: str | None = None):
             func=fn,
             description=doc.splitlines()[0] if doc else "",
             is_async=inspect.iscoroutinefunction(fn),
+            resource=resource or module,
         )
         return fn
 

@@ -4,10 +4,10 @@ from django.contrib.auth import get_user_model
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
-from django.db.models import F
 from rest_framework.authtoken.models import Token
 
 from api.models import Account
+from api.services.accounts import account_grant
 
 
 class Command(BaseCommand):
@@ -28,7 +28,8 @@ class Command(BaseCommand):
         with transaction.atomic():
             user, created = self.client_user(name)
             account, _ = Account.objects.get_or_create(user=user)
-            Account.objects.filter(pk=account.pk).update(balance=F("balance") + credits)
+            if credits:
+                account_grant(user=user, amount=credits, note="granted by create_client")
             account.refresh_from_db()
             token, _ = Token.objects.get_or_create(user=user)
         verb = "created" if created else "updated"

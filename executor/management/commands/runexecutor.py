@@ -5,7 +5,7 @@ import logging
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from executor.queues import get_queue, redis_connection
+from executor.queues import all_queue_names, get_queue, redis_connection
 from executor.worker import ConcurrentWorker
 
 
@@ -16,8 +16,8 @@ class Command(BaseCommand):
         parser.add_argument(
             "--queues",
             nargs="+",
-            default=[settings.SVC_DEFAULT_QUEUE],
-            help="queues to listen on, in priority order",
+            help="queues to listen on, in priority order (default: every resource's queue, "
+            "svc-<resource>, then the default queue)",
         )
         parser.add_argument(
             "--concurrency",
@@ -40,7 +40,7 @@ class Command(BaseCommand):
         if concurrency < 1:
             raise CommandError(f"--concurrency must be at least 1, not {concurrency}")
         worker = ConcurrentWorker(
-            [get_queue(q) for q in queues],
+            [get_queue(q) for q in queues or all_queue_names()],
             connection=redis_connection(),
             name=name,
             concurrency=concurrency,

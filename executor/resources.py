@@ -1,0 +1,414 @@
+"""Shared resource limits: concurrency slots and credit budgets, exact across executor processes.
+
+Every limit lives in Redis and changes only inside the Lua scripts below, so a check and
+the write it allows are one atomic step, and every clock reading is the Redis server's
+`TIME` (executor hosts may disagree about the time; the server is the one referee).
+
+    leases   svc:res:<name>:leases                ZSET, one member per slot, score = expiry (ms)
+    budget   svc:res:<name>:budget:<window start> STRING, credits spent in that UTC window
+    released svc:res:<name>:released              ZSET, released budgeted grants (no double refund)
+
+A slot is a lease that lives `lease_ttl` seconds unless renewed, so a killed worker's slot
+comes back by itself. The map of resources is `configs/resource_map.yaml` (or the file named
+by SVC_RESOURCE_MAP). This module needs no Django settings unless a call omits `connection`.
+"""
+
+import asyncio
+import contextlib
+import logging
+import math
+import os
+import re
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+import yaml
+
+logger = logging.getLogger(__name__)
+
+# Environment variable naming another resource map file; read each time the map is loaded.
+RESOURCE_MAP_ENV = "SVC_RESOURCE_MAP"
+# The resource map shipped with the code, used when SVC_RESOURCE_MAP is not set.
+DEFAULT_RESOURCE_MAP = Path(__file__).resolve().parent.parent / "configs" / "resource_map.yaml"
+# Length of each budget period; windows are aligned to the UTC epoch (whole minutes, hours,
+# days). "second" is for tests and very tight limits.
+PERIOD_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
+# What the executor does with a request whose resource is saturated or exhausted.
+POLICIES = ("wait", "fail")
+# Every Redis key of this module starts with this.
+KEY_PREFIX = "svc:res:"
+# Seconds a budget window's key outlives its window, so a call that ends just after the
+# rollover can still refund the window it was charged to.
+BUDGET_KEY_GRACE = 60
+# Longest retry_after for a saturated resource: slots are normally freed by release long
+# before their leases expire, so a waiter should look again soon.
+SATURATED_RETRY_MAX = 1.0
+# leased() renews this many times per lease_ttl, so one late renewal does not lose the slot.
+RENEWALS_PER_TTL = 3
+# Threads that run leased() renewals; their own pool, so busy handler threads never delay one.
+RENEW_THREADS = 4
+
+_NAME = re.compile(r"[A-Za-z0-9_.-]+")
+_SETTINGS = ("max_concurrency", "budget", "period", "policy", "lease_ttl")
+_POSITIVE_OR_NULL = "must be a positive integer or null"
+_CHOICES = {"period": tuple(PERIOD_SECONDS), "policy": POLICIES}
+
+
+class ResourceMapError(Exception):
+    """The resource map file is missing or invalid; the message names the resource and key."""
+
+
+@dataclass(frozen=True)
+class Resource:
+    name: str
+    max_concurrency: int | None = None
+    budget: int | None = None
+    period: str = "minute"
+    policy: str = "wait"
+    lease_ttl: float = 30.0
+
+
+@dataclass(frozen=True)
+class Grant:
+    """What acquire() took: `slots` leases under one id and `credits` from window `period_key`."""
+
+    resource: str
+    lease_id: str
+    slots: int
+    credits: int
+    period_key: str | None
+
+
+@dataclass(frozen=True)
+class Denied:
+    """Why acquire() took nothing ("saturated" | "exhausted") and when to try again."""
+
+    resource: str
+    reason: str
+    retry_after: float
+
+
+# ---------------------------------------------------------------------------------------------
+# The resource map
+
+
+_cache: dict[Path, tuple[int, dict[str, Resource]]] = {}
+
+
+def load_resource_map(path: str | Path | None = None) -> dict[str, Resource]:
+    """Resources by name from `path`, else SVC_RESOURCE_MAP, else the shipped map.
+
+    Parsed again only when the file's mtime changes.
+    """
+    path = Path(path or os.environ.get(RESOURCE_MAP_ENV) or DEFAULT_RESOURCE_MAP)
+    try:
+        mtime = path.stat().st_mtime_ns
+    except OSError as exc:
+        raise ResourceMapError(f"{path}: cannot read the resource map ({exc.strerror})") from None
+    cached = _cache.get(path)
+    if cached is None or cached[0] != mtime:
+        cached = _cache[path] = (mtime, _parse_map(path))
+    return dict(cached[1])
+
+
+def get_resource(name: str) -> Resource:
+    """The named resource from the map; a resource the map does not list is unlimited."""
+    return load_resource_map().get(name) or Resource(name)
+
+
+def queue_name(resource_name: str) -> str:
+    """The RQ queue of the requests that use this resource (each resource has its own)."""
+    return f"svc-{resource_name}"
+
+
+def _parse_map(path: Path) -> dict[str, Resource]:
+    try:
+        document = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ResourceMapError(f"{path}: not a readable YAML file: {' '.join(str(exc).split())}")
+    if not isinstance(document, dict) or list(document) != ["resources"]:
+        raise ResourceMapError(f"{path}: expected a mapping with the one key `resources`")
+    entries = document["resources"]
+    if not isinstance(entries, dict):
+        raise ResourceMapError(f"{path}: `resources` must be a mapping of name to settings")
+    return {name: _parse_resource(path, name, settings) for name, settings in entries.items()}
+
+
+def _parse_resource(path: Path, name, settings) -> Resource:
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
+        raise ResourceMapError(f"{path}: resource name {name!r} must be letters, digits, . _ -")
+    where = f"{path}: resource {name!r}"
+    if not isinstance(settings, dict):
+        raise ResourceMapError(f"{where}: expected a mapping of settings, got {settings!r}")
+    for key, value in settings.items():
+        problem = _setting_problem(key, value)
+        if problem:
+            raise ResourceMapError(f"{where}: {key} {problem}, got {value!r}")
+    if "lease_ttl" in settings:
+        settings = {**settings, "lease_ttl": float(settings["lease_ttl"])}
+    return Resource(name, **settings)
+
+
+def _setting_problem(key, value) -> str | None:
+    """Why `value` is not valid for the setting `key`, or None if it is."""
+    if key in ("max_concurrency", "budget"):
+        return None if value is None or _is_positive(value, int) else _POSITIVE_OR_NULL
+    if key == "lease_ttl":
+        return None if _is_positive(value, (int, float)) else "must be a positive number of seconds"
+    if key in _CHOICES:
+        if isinstance(value, str) and value in _CHOICES[key]:
+            return None
+        return f"must be one of {', '.join(_CHOICES[key])}"
+    return f"is not a known key (known: {', '.join(_SETTINGS)})"
+
+
+def _is_positive(value, types) -> bool:
+    if isinstance(value, bool) or not isinstance(value, types):
+        return False
+    return math.isfinite(value) and value > 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Lua scripts (each one atomic; all read the server clock)
+
+# KEYS: leases. ARGV: budget key prefix, slots, credits, max_concurrency (-1 = unlimited),
+# budget (-1 = unlimited), period seconds, lease ttl ms, lease id, budget key grace seconds.
+# Returns {1, budget window key or nil} or {0, reason, retry after ms}; a denial writes nothing
+# but the removal of expired leases.
+ACQUIRE_LUA = """
+redis.replicate_commands()
+local leases = KEYS[1]
+local slots, credits = tonumber(ARGV[2]), tonumber(ARGV[3])
+local max_concurrency, budget = tonumber(ARGV[4]), tonumber(ARGV[5])
+local period, ttl_ms, lease_id = tonumber(ARGV[6]), tonumber(ARGV[7]), ARGV[8]
+local time = redis.call('TIME')
+local now_s = tonumber(time[1])
+local now_ms = now_s * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', leases, '-inf', now_ms)
+local window_key, window_end = false, 0
+if budget >= 0 and credits > 0 then
+  local window_start = now_s - now_s % period
+  window_end = window_start + period
+  window_key = ARGV[1] .. window_start
+  if tonumber(redis.call('GET', window_key) or '0') + credits > budget then
+    return {0, 'exhausted', window_end * 1000 - now_ms}
+  end
+end
+if max_concurrency >= 0 and redis.call('ZCARD', leases) + slots > max_concurrency then
+  local first = redis.call('ZRANGE', leases, 0, 0, 'WITHSCORES')
+  local wait = ttl_ms
+  if first[2] then wait = math.min(tonumber(first[2]) - now_ms, ttl_ms) end
+  return {0, 'saturated', wait}
+end
+for i = 0, slots - 1 do
+  redis.call('ZADD', leases, now_ms + ttl_ms, lease_id .. ':' .. i)
+end
+if window_key then
+  redis.call('INCRBY', window_key, credits)
+  redis.call('EXPIREAT', window_key, window_end + tonumber(ARGV[9]))
+end
+return {1, window_key}
+"""
+
+# KEYS: leases. ARGV: lease id, slots, lease ttl ms. Returns 1 if every slot was still leased
+# (and now expires a ttl from now), else 0 and the lease is gone entirely.
+RENEW_LUA = """
+redis.replicate_commands()
+local leases, lease_id = KEYS[1], ARGV[1]
+local slots, ttl_ms = tonumber(ARGV[2]), tonumber(ARGV[3])
+local time = redis.call('TIME')
+local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', leases, '-inf', now_ms)
+for i = 0, slots - 1 do
+  if not redis.call('ZSCORE', leases, lease_id .. ':' .. i) then
+    for j = 0, slots - 1 do redis.call('ZREM', leases, lease_id .. ':' .. j) end
+    return 0
+  end
+end
+for i = 0, slots - 1 do
+  redis.call('ZADD', leases, 'XX', now_ms + ttl_ms, lease_id .. ':' .. i)
+end
+return 1
+"""
+
+# KEYS: leases, released. ARGV: lease id, slots, credits, budget window key ('' = none),
+# refund ('1' | '0'). Frees the slots; the first release of a budgeted grant is remembered
+# for as long as its window key lives, and only that first one may refund. Returns the
+# credits refunded.
+RELEASE_LUA = """
+redis.replicate_commands()
+local leases, released = KEYS[1], KEYS[2]
+local lease_id, slots, credits = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
+local window_key = ARGV[4]
+for i = 0, slots - 1 do redis.call('ZREM', leases, lease_id .. ':' .. i) end
+if credits <= 0 or window_key == '' then return 0 end
+local window_ttl = redis.call('PTTL', window_key)
+if window_ttl <= 0 then return 0 end
+local time = redis.call('TIME')
+local now_ms = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', released, '-inf', now_ms)
+if redis.call('ZADD', released, 'NX', now_ms + window_ttl, lease_id) == 0 then return 0 end
+if redis.call('PTTL', released) < window_ttl then redis.call('PEXPIRE', released, window_ttl) end
+if ARGV[5] ~= '1' then return 0 end
+local refund = math.min(credits, tonumber(redis.call('GET', window_key) or '0'))
+redis.call('DECRBY', window_key, refund)
+return refund
+"""
+
+# KEYS: leases. ARGV: budget key prefix, period seconds. Read only.
+# Returns {live leases, credits used in the current window, window end epoch seconds}.
+SNAPSHOT_LUA = """
+local time = redis.call('TIME')
+local now_s = tonumber(time[1])
+local now_ms = now_s * 1000 + math.floor(tonumber(time[2]) / 1000)
+local window_start = now_s - now_s % tonumber(ARGV[2])
+local used = tonumber(redis.call('GET', ARGV[1] .. window_start) or '0')
+local inflight = redis.call('ZCOUNT', KEYS[1], '(' .. now_ms, '+inf')
+return {inflight, used, window_start + tonumber(ARGV[2])}
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Accounting
+
+
+def acquire(
+    resource: Resource, *, slots: int, credits: int, owner: str, connection=None
+) -> Grant | Denied:
+    """Take `slots` concurrency slots and `credits` of the budget, both or neither.
+
+    `owner` (e.g. a request id) prefixes the lease id, to tell in Redis whose lease it is.
+    Raises ValueError for a request that could never be granted (more slots than
+    max_concurrency, more credits than the whole budget): the caller caps it.
+    """
+    _check_request(resource, slots, credits)
+    lease_id = f"{owner}/{uuid.uuid4().hex}"
+    result = _script(connection, ACQUIRE_LUA)(
+        keys=[_key(resource.name, "leases")],
+        args=[
+            _key(resource.name, "budget:"),
+            slots,
+            credits,
+            -1 if resource.max_concurrency is None else resource.max_concurrency,
+            -1 if resource.budget is None else resource.budget,
+            PERIOD_SECONDS[resource.period],
+            _ms(resource.lease_ttl),
+            lease_id,
+            BUDGET_KEY_GRACE,
+        ],
+    )
+    if result[0] == 1:
+        period_key = _text(result[1]) if result[1] else None
+        return Grant(resource.name, lease_id, slots, credits if period_key else 0, period_key)
+    reason, retry_ms = _text(result[1]), max(int(result[2]), 0)
+    retry_after = retry_ms / 1000
+    if reason == "saturated":
+        retry_after = min(retry_after, SATURATED_RETRY_MAX)
+    return Denied(resource.name, reason, retry_after)
+
+
+def renew(grant: Grant, resource: Resource, connection=None) -> bool:
+    """Extend the grant's lease to lease_ttl from now; False if it had already expired."""
+    renewed = _script(connection, RENEW_LUA)(
+        keys=[_key(grant.resource, "leases")],
+        args=[grant.lease_id, grant.slots, _ms(resource.lease_ttl)],
+    )
+    return renewed == 1
+
+
+def release(grant: Grant, *, refund: bool = False, connection=None) -> None:
+    """Free the grant's slots; refund=True also returns its credits (the call was never made).
+
+    Idempotent: releasing again frees nothing more and never refunds twice.
+    """
+    _script(connection, RELEASE_LUA)(
+        keys=[_key(grant.resource, "leases"), _key(grant.resource, "released")],
+        args=[grant.lease_id, grant.slots, grant.credits, grant.period_key or "", int(refund)],
+    )
+
+
+@contextlib.asynccontextmanager
+async def leased(grant: Grant, resource: Resource, *, connection=None):
+    """Hold the grant while the body runs: renew it in the background, release it on exit."""
+    renewing = asyncio.get_running_loop().create_task(_keep_renewed(grant, resource, connection))
+    try:
+        yield grant
+    finally:
+        renewing.cancel()
+        # Called, not awaited: the release must happen even while this task is being cancelled.
+        release(grant, connection=connection)
+
+
+def snapshot(resource: Resource, connection=None) -> dict:
+    """Current use of the resource for the admin and metrics (window_ends_at: epoch seconds)."""
+    inflight, used, window_end = _script(connection, SNAPSHOT_LUA)(
+        keys=[_key(resource.name, "leases")],
+        args=[_key(resource.name, "budget:"), PERIOD_SECONDS[resource.period]],
+    )
+    budgeted = resource.budget is not None
+    return {
+        "resource": resource.name,
+        "inflight": inflight,
+        "max_concurrency": resource.max_concurrency,
+        "budget": resource.budget,
+        "budget_used": used if budgeted else None,
+        "period": resource.period,
+        "window_ends_at": window_end if budgeted else None,
+    }
+
+
+async def _keep_renewed(grant: Grant, resource: Resource, connection) -> None:
+    loop = asyncio.get_running_loop()
+    while True:
+        await asyncio.sleep(resource.lease_ttl / RENEWALS_PER_TTL)
+        try:
+            alive = await loop.run_in_executor(_renew_pool, renew, grant, resource, connection)
+        except redis.RedisError as exc:
+            logger.warning("lease renewal failed lease=%s: %s", grant.lease_id, exc)
+            continue
+        if not alive:
+            logger.warning(
+                "lease expired before renewal resource=%s lease=%s", grant.resource, grant.lease_id
+            )
+            return
+
+
+# Threads start on first use, so importing the module costs nothing.
+_renew_pool = ThreadPoolExecutor(RENEW_THREADS, thread_name_prefix="lease-renew")
+
+
+def _check_request(resource: Resource, slots: int, credits: int) -> None:
+    if resource.period not in PERIOD_SECONDS:
+        raise ValueError(f"resource {resource.name}: unknown period {resource.period!r}")
+    if slots < 1:
+        raise ValueError(f"resource {resource.name}: slots must be at least 1, got {slots}")
+    limit = resource.max_concurrency
+    if limit is not None and slots > limit:
+        raise ValueError(f"resource {resource.name}: {slots} slots exceed max_concurrency {limit}")
+    if credits < 0 or (resource.budget is not None and credits > resource.budget):
+        raise ValueError(
+            f"resource {resource.name}: credits {credits} outside 0..{resource.budget}"
+        )
+
+
+def _script(connection, source: str):
+    if connection is None:
+        from executor.queues import redis_connection  # needs Django settings: only when used
+
+        connection = redis_connection()
+    return connection.register_script(source)
+
+
+def _key(resource_name: str, part: str) -> str:
+    return f"{KEY_PREFIX}{resource_name}:{part}"
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def _text(value) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)

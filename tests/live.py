@@ -1,0 +1,128 @@
+"""The whole system as separate processes (gunicorn API + executor) for black-box tests.
+
+Each stack migrates its own SQL database (a SQLite file or a PostgreSQL database), imports
+a small catalog and creates clients through the real commands, then serves HTTP on a free
+loopback port. MongoDB and Redis are the test session's.
+"""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from marketplace.embedded import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+CATALOG = """
+handlers:
+  - {id: local.echo, credits: 1}
+  - {id: local.fail, credits: 0}
+offers:
+  - {service: text, action: greet, price: 3, prompt_template: "Hello {name}", handler: local.echo}
+  - {service: text, action: slow, price: 2, prompt_template: "{text}", handler: local.echo,
+     params: {delay_seconds: 0.3}}
+  - {service: text, action: broken, price: 5, prompt_template: "{text}", handler: local.fail}
+"""
+
+
+class LiveStack:
+    def __init__(self, database_url: str, workdir: Path):
+        self.env = dict(os.environ, DATABASE_URL=database_url, DATA_DIR=str(workdir))
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.processes: list[subprocess.Popen] = []
+
+    def manage(self, *args: str) -> str:
+        result = subprocess.run(
+            [sys.executable, str(ROOT / "manage.py"), *args],
+            env=self.env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        return result.stdout
+
+    def prepare(self) -> None:
+        self.manage("migrate", "--noinput")
+        catalog = self.workdir / "catalog.yaml"
+        catalog.write_text(CATALOG)
+        self.manage("catalog", "import", str(catalog))
+
+    def client(self, name: str, credits: int) -> httpx.Client:
+        token = (
+            self.manage("create_client", name, "--credits", str(credits)).strip().splitlines()[-1]
+        )
+        return httpx.Client(
+            base_url=self.url, headers={"Authorization": f"Token {token}"}, timeout=30
+        )
+
+    def start_api(self, workers: int = 2, threads: int = 8) -> None:
+        self._spawn(
+            [
+                str(Path(sys.executable).with_name("gunicorn")),
+                "marketplace.wsgi:application",
+                "-c",
+                str(ROOT / "deploy" / "gunicorn.conf.py"),
+                "--bind",
+                f"127.0.0.1:{self.port}",
+                "--workers",
+                str(workers),
+                "--threads",
+                str(threads),
+                "--access-logfile",
+                "/dev/null",
+            ]
+        )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise AssertionError("the API did not come up")
+
+    def start_executor(self, *args: str) -> subprocess.Popen:
+        return self._spawn([sys.executable, str(ROOT / "manage.py"), "runexecutor", *args])
+
+    def _spawn(self, argv: list[str]) -> subprocess.Popen:
+        log = open(self.workdir / f"proc-{len(self.processes)}.log", "wb")  # noqa: SIM115
+        process = subprocess.Popen(
+            argv,
+            env=self.env,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        self.processes.append(process)
+        return process
+
+    def stop(self) -> None:
+        for process in self.processes:
+            if process.poll() is None:
+                os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+def wait_until(predicate, timeout: float = 60, what: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
