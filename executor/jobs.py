@@ -11,7 +11,9 @@ One job per request. Its steps, each safe to repeat:
 
 import asyncio
 import logging
+import math
 import random
+import time
 
 from django.conf import settings
 from rq import Retry, get_current_job
@@ -33,8 +35,15 @@ from executor.handlers import HandlerCall, HandlerError, UnknownHandler, get_han
 
 logger = logging.getLogger(__name__)
 
-# Seconds before the first retry of a request whose resource is saturated; doubles per retry.
-SATURATED_BACKOFF_BASE = 0.5
+# Seconds a job waits in-process for a saturated resource's slot before giving its executor
+# slot back (a request for another resource may be waiting for it) and retrying later.
+SATURATED_WAIT_IN_PROCESS = 2.0
+# First and longest pause between slot attempts while waiting in-process.
+SATURATED_POLL_FIRST = 0.02
+SATURATED_POLL_MAX = 0.25
+# Seconds before the first scheduled retry of a request whose resource stays saturated;
+# doubles per retry.
+SATURATED_BACKOFF_BASE = 1.0
 # Longest wait between retries of a request waiting for its resource.
 SATURATED_BACKOFF_MAX = 15.0
 
@@ -60,12 +69,17 @@ def run_request(request_id: str) -> str | Retry:
             )
         )
     resource = resources.get_resource(request.resource or handler.resource)
-    grant = resources.acquire(
-        resource,
-        slots=min(request.create_qty, resource.max_concurrency or request.create_qty),
-        credits=request.handler_credits * request.create_qty,
-        owner=request_id,
-    )
+    try:
+        grant = _acquire(request, resource)
+    except ValueError as exc:  # asks for more than the resource could ever give
+        return _finish(
+            request_fail(
+                request_id=request_id,
+                code="resource_misconfigured",
+                message=str(exc),
+                from_status=QUEUED,
+            )
+        )
     if isinstance(grant, resources.Denied):
         return _denied(request, resource, grant)
     started = request_start(request_id=request_id)
@@ -112,6 +126,23 @@ def _execute(request: ServiceRequest, handler, resource, grant) -> str | Retry:
     return _finish(request_succeed(request_id=request_id, results=results), grant=grant)
 
 
+def _acquire(request: ServiceRequest, resource):
+    """Take the request's slots and credits; wait briefly in-process while saturated (slots
+    free up in milliseconds), never while the budget is exhausted (that takes a period)."""
+    slots = min(request.create_qty, resource.max_concurrency or request.create_qty)
+    credits = request.handler_credits * request.create_qty
+    deadline = time.monotonic() + SATURATED_WAIT_IN_PROCESS
+    pause = SATURATED_POLL_FIRST
+    while True:
+        grant = resources.acquire(resource, slots=slots, credits=credits, owner=request.id)
+        if not isinstance(grant, resources.Denied) or grant.reason != "saturated":
+            return grant
+        if resource.policy == "fail" or time.monotonic() + pause > deadline:
+            return grant
+        time.sleep(random.uniform(pause / 2, pause))
+        pause = min(pause * 2, SATURATED_POLL_MAX)
+
+
 def _denied(request: ServiceRequest, resource, denied) -> str | Retry:
     if resource.policy == "fail":
         return _finish(
@@ -140,10 +171,11 @@ def _denied(request: ServiceRequest, resource, denied) -> str | Retry:
 
 
 def _retry(delay: float) -> Retry:
-    """Put the job back: at the front of its queue now, or scheduled after `delay` seconds."""
+    """Put the job back: at the front of its queue now (0), else scheduled after `delay`
+    seconds, rounded up (RQ schedules in whole seconds; rounding down would spin)."""
     job = get_current_job()
     retries = (job.number_of_retries or 0) if job else 0
-    seconds = max(0, round(delay))
+    seconds = math.ceil(delay) if delay > 0 else 0
     return Retry(max=retries + 1, interval=[seconds], enqueue_at_front=seconds == 0)
 
 

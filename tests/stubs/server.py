@@ -49,6 +49,10 @@ class StubServer:
     def __init__(self):
         self.requests: list[RecordedRequest] = []
         self.scripted = Script()
+        # Calls being answered right now, and the most seen at once (resource-limit tests).
+        self.inflight = 0
+        self.max_inflight = 0
+        self._count_lock = threading.Lock()
         self._server = _Server(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         # A short poll interval lets `stop()` return quickly at each test's teardown.
@@ -73,6 +77,16 @@ class StubServer:
         return Answer.json(status, {"error": {"message": f"scripted status {status}"}})
 
     def respond(self, request: RecordedRequest) -> Answer:
+        with self._count_lock:
+            self.inflight += 1
+            self.max_inflight = max(self.max_inflight, self.inflight)
+        try:
+            return self._respond(request)
+        finally:
+            with self._count_lock:
+                self.inflight -= 1
+
+    def _respond(self, request: RecordedRequest) -> Answer:
         self.requests.append(request)
         script = self.scripted
         if script.delay:
