@@ -173,3 +173,20 @@ def test_a_handler_past_the_job_timeout_fails_the_request(alice_api, make_offer)
     run_worker()
     done = alice_api.get(created["url"]).json()
     assert done["status"] == "failed" and done["error"]["code"] == "timeout"
+
+
+def test_runexecutor_refuses_a_bad_resource_map(tmp_path, monkeypatch):
+    from django.core.management.base import CommandError
+
+    bad = tmp_path / "map.yaml"
+    bad.write_text("resources:\n  openai: {max_concurrency: -1}\n")
+    monkeypatch.setenv("SVC_RESOURCE_MAP", str(bad))
+    with pytest.raises(CommandError, match="openai"):
+        call_command("runexecutor", "--burst")
+
+
+def test_runexecutor_refuses_a_concurrency_below_one():
+    from django.core.management.base import CommandError
+
+    with pytest.raises(CommandError, match="--concurrency"):
+        call_command("runexecutor", "--burst", "--concurrency", "0")

@@ -6,6 +6,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 from executor.queues import all_queue_names, get_queue, redis_connection
+from executor.resources import ResourceMapError
 from executor.worker import ConcurrentWorker
 
 
@@ -39,8 +40,12 @@ class Command(BaseCommand):
     def handle(self, *args, queues, concurrency, shutdown_grace, burst, name, **options):
         if concurrency < 1:
             raise CommandError(f"--concurrency must be at least 1, not {concurrency}")
+        try:
+            queue_names = queues or all_queue_names()  # also validates the resource map
+        except ResourceMapError as exc:
+            raise CommandError(str(exc)) from None
         worker = ConcurrentWorker(
-            [get_queue(q) for q in queues or all_queue_names()],
+            [get_queue(q) for q in queue_names],
             connection=redis_connection(),
             name=name,
             concurrency=concurrency,
