@@ -157,16 +157,12 @@ def _transition(
 
 
 def request_start(*, request_id: str) -> ServiceRequest | None:
-    """Claim a queued request for execution; None when it is not queued (or has expired)."""
-    at = now()
-    request = ServiceRequest.objects(id=request_id).only("status", "expires_at").first()
-    if request is None or request.status != QUEUED:
-        return None
-    if request.expires_at is not None and request.expires_at <= at:
-        request_expire(request_id=request_id, from_status=QUEUED)
-        return None
+    """Claim a queued request for execution (one write); None when it is not queued.
+
+    The caller checks `expires_at` first (the executor has the document already).
+    """
     return _transition(
-        request_id, from_status=QUEUED, to_status=RUNNING, started_at=at, inc__attempts=1
+        request_id, from_status=QUEUED, to_status=RUNNING, started_at=now(), inc__attempts=1
     )
 
 
