@@ -17,6 +17,7 @@ from executor.handlers import HandlerCall, handler
 from executor.queues import redis_connection
 from executor.resources import queue_name
 from tests.helpers import queued_job_ids, run_concurrent_worker, submit
+from tests.live import wait_until
 
 pytest_plugins = ["tests.stubs.fixtures"]
 # Jobs run in executor threads or processes with their own SQL connections: the test's data
@@ -131,16 +132,6 @@ def executor_process(*args: str) -> subprocess.Popen:
     )
 
 
-def wait_for(predicate, timeout: float = 60, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def finish(process: subprocess.Popen, timeout: float = 60) -> str:
     try:
         output, _ = process.communicate(timeout=timeout)
@@ -155,7 +146,7 @@ def test_sigterm_hands_back_unfinished_jobs_and_loses_none(alice_api, make_offer
     make_offer(service="t", action="slow", params={"delay_seconds": 60})
     ids = [submit(alice_api, "/svc/t/slow/", {"x": i})["id"] for i in range(N)]
     process = executor_process("--concurrency", str(N), "--shutdown-grace", "0.5")
-    wait_for(lambda: statuses().get("running") == N, what="20 running requests")
+    wait_until(lambda: statuses().get("running") == N, what="20 running requests")
     process.send_signal(signal.SIGTERM)
     output = finish(process)
     assert process.returncode == 0, output
@@ -173,7 +164,7 @@ def test_sigterm_lets_in_flight_jobs_finish_within_the_grace(alice_api, make_off
     for i in range(N):
         submit(alice_api, "/svc/t/short/", {"x": i})
     process = executor_process("--concurrency", str(N), "--shutdown-grace", "60")
-    wait_for(lambda: statuses().get("running") == N, what="20 running requests")
+    wait_until(lambda: statuses().get("running") == N, what="20 running requests")
     process.send_signal(signal.SIGTERM)
     output = finish(process)
     assert process.returncode == 0, output
