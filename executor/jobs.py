@@ -56,7 +56,7 @@ def run_request(request_id: str) -> str | Retry:
             settle(request)
         return "skipped"
     if request.expires_at is not None and request.expires_at <= now():
-        return _finish(request_expire(request_id=request_id, from_status=QUEUED))
+        return _finish(request_expire(request_id=request_id, from_status=QUEUED, current=request))
     try:
         handler = get_handler(request.handler)
     except UnknownHandler:
@@ -66,6 +66,7 @@ def run_request(request_id: str) -> str | Retry:
                 code="unknown_handler",
                 message=f"handler {request.handler} is not installed",
                 from_status=QUEUED,
+                current=request,
             )
         )
     resource = resources.get_resource(request.resource or handler.resource)
@@ -78,11 +79,12 @@ def run_request(request_id: str) -> str | Retry:
                 code="resource_misconfigured",
                 message=str(exc),
                 from_status=QUEUED,
+                current=request,
             )
         )
     if isinstance(grant, resources.Denied):
         return _denied(request, resource, grant)
-    started = request_start(request_id=request_id)
+    started = request_start(request_id=request_id, current=request)
     if started is None:  # canceled or expired meanwhile: the calls were never made
         resources.release(grant, refund=True)
         return "skipped"
@@ -94,24 +96,37 @@ def _execute(request: ServiceRequest, handler, resource, grant) -> str | Retry:
     try:
         results = runtime.run(execute(request, handler, resource, grant))
     except runtime.HandedBack:
-        request_requeue(request_id=request_id, note="handed back by a stopping executor")
+        request_requeue(
+            request_id=request_id, note="handed back by a stopping executor", current=request
+        )
         logger.warning("request handed back id=%s", request_id)
         return _retry(0)
     except runtime.Canceled:
         return _finish(
-            request_fail(request_id=request_id, code="canceled", message="canceled"), grant=grant
+            request_fail(
+                request_id=request_id, code="canceled", message="canceled", current=request
+            ),
+            grant=grant,
         )
     except JobTimeoutException:
         # RQ's backstop fired (the handler ignored cancellation): end the request, let RQ record it.
         _finish(
-            request_fail(request_id=request_id, code="timeout", message="the job timed out"),
+            request_fail(
+                request_id=request_id,
+                code="timeout",
+                message="the job timed out",
+                current=request,
+            ),
             grant=grant,
         )
         raise
     except HandlerError as exc:
         logger.info("request failed id=%s code=%s", request_id, exc.code)
         return _finish(
-            request_fail(request_id=request_id, code=exc.code, message=exc.message), grant=grant
+            request_fail(
+                request_id=request_id, code=exc.code, message=exc.message, current=request
+            ),
+            grant=grant,
         )
     except Exception:
         logger.exception("handler crashed id=%s handler=%s", request_id, request.handler)
@@ -120,10 +135,13 @@ def _execute(request: ServiceRequest, handler, resource, grant) -> str | Retry:
                 request_id=request_id,
                 code="handler_error",
                 message="the handler failed unexpectedly",
+                current=request,
             ),
             grant=grant,
         )
-    return _finish(request_succeed(request_id=request_id, results=results), grant=grant)
+    return _finish(
+        request_succeed(request_id=request_id, results=results, current=request), grant=grant
+    )
 
 
 def _acquire(request: ServiceRequest, resource):
@@ -151,6 +169,7 @@ def _denied(request: ServiceRequest, resource, denied) -> str | Retry:
                 code=f"resource_{denied.reason}",
                 message=f"resource {resource.name} is {denied.reason}",
                 from_status=QUEUED,
+                current=request,
             )
         )
     job = get_current_job()

@@ -1,21 +1,27 @@
 """One asyncio loop per executor process, in a background thread, shared by every job.
 
 Handlers run on it: async ones directly, sync ones in the loop's thread pool, so a blocking
-handler never stalls the others. The shared `httpx.AsyncClient` lives on this loop and keeps
-its connection pool across jobs.
+handler never stalls the others. The shared HTTP clients live on this loop and keep their
+connection pools across jobs.
 """
 
 import asyncio
 import atexit
 import concurrent.futures
 import contextlib
+import itertools
 import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-# Connections kept per upstream host by the shared HTTP client.
+# Connections kept per upstream host by all shared HTTP clients together.
 HTTP_MAX_CONNECTIONS = 512
+# Shared HTTP clients, used in turn. httpcore's pool looks at every connection it holds (a
+# syscall or two each) whenever a request starts or ends, and counts its idle connections
+# once per idle connection: at 200 calls in flight one pool spent a third of the executor's
+# CPU doing so (docs/benchmarks.md). Eight pools of ~25 connections cost ~1/50 of that.
+HTTP_CLIENTS = 8
 # Default timeouts of the shared HTTP client; handlers may pass tighter ones per call.
 HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 # Seconds between checks of a waiting job thread for an asynchronous exception (job timeout).
@@ -25,7 +31,8 @@ SYNC_HANDLER_THREADS = 256
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
-_client: httpx.AsyncClient | None = None
+_clients: list[httpx.AsyncClient] = []
+_next_client = itertools.count()
 
 
 def loop() -> asyncio.AbstractEventLoop:
@@ -82,24 +89,23 @@ hand_back = threading.Event()
 
 
 def http_client() -> httpx.AsyncClient:
-    """The process's shared async HTTP client; call it from code running on `loop()`."""
-    global _client
-    if _client is None:
-        _client = httpx.AsyncClient(
-            timeout=HTTP_TIMEOUT,
-            limits=httpx.Limits(
-                max_connections=HTTP_MAX_CONNECTIONS, max_keepalive_connections=HTTP_MAX_CONNECTIONS
-            ),
-            follow_redirects=False,
+    """One of the process's shared async HTTP clients, in turn; call it from code running on
+    `loop()` (so the clients are created, and handed out, on that one thread)."""
+    if not _clients:
+        per_client = HTTP_MAX_CONNECTIONS // HTTP_CLIENTS
+        limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
+        _clients.extend(
+            httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=limits, follow_redirects=False)
+            for _ in range(HTTP_CLIENTS)
         )
-    return _client
+    return _clients[next(_next_client) % HTTP_CLIENTS]
 
 
 @atexit.register
 def _shutdown() -> None:
     if _loop is None or _loop.is_closed():
         return
-    if _client is not None:
+    for client in _clients:
         with contextlib.suppress(Exception):
-            asyncio.run_coroutine_threadsafe(_client.aclose(), _loop).result(5)
+            asyncio.run_coroutine_threadsafe(client.aclose(), _loop).result(5)
     _loop.call_soon_threadsafe(_loop.stop)

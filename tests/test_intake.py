@@ -1,6 +1,7 @@
 """POST /svc/<service>/<action>/: validation, dedupe, isolation, and errors that change nothing."""
 
 import json
+import threading
 
 import pytest
 import redis
@@ -181,6 +182,29 @@ def test_it_rate_limits_per_client(alice_api, bob_api, greet_offer):
     assert int(limited["Retry-After"]) > 0
     assert bob_api.post(GREET, INPUTS, format="json").status_code == 202
     assert ServiceRequest.objects.count() == 3
+
+
+@override_settings(SVC_INTAKE_RATE="20/hour")
+def test_the_rate_limit_is_exact_under_concurrency(alice):
+    """Every API thread and process shares one atomic count: 50 at once, exactly 20 pass."""
+    from concurrent.futures import ThreadPoolExecutor
+    from types import SimpleNamespace
+
+    from api.throttling import IntakeThrottle
+
+    request = SimpleNamespace(user=alice)
+    barrier = threading.Barrier(50)
+
+    def attempt(_):
+        throttle = IntakeThrottle()  # one per request, as DRF makes them
+        barrier.wait()
+        return throttle.allow_request(request, None), throttle.wait()
+
+    with ThreadPoolExecutor(50) as pool:
+        outcomes = list(pool.map(attempt, range(50)))
+    assert sum(allowed for allowed, _ in outcomes) == 20
+    waits = [wait for allowed, wait in outcomes if not allowed]
+    assert len(waits) == 30 and all(0 < wait <= 3600 for wait in waits)
 
 
 def test_it_answers_503_and_keeps_nothing_live_when_redis_is_down(

@@ -95,19 +95,19 @@ def _settle(request_id: str, kind: str, note: str) -> bool:
 
 
 def usage_record(*, request, calls: int, credits: int) -> None:
-    """Record what an executed request cost; once per request."""
+    """Record what an executed request cost; once per request (one INSERT … ON CONFLICT DO
+    NOTHING on the unique request id, so a repeated call changes nothing)."""
     captured = request.status == "succeeded"
-    UsageRecord.objects.get_or_create(
+    record = UsageRecord(
         request_id=request.id,
-        defaults={
-            "user_id": request.user_id,
-            "service": request.service,
-            "action": request.action,
-            "handler": request.handler or "",
-            "resource": request.resource or "",
-            "status": request.status,
-            "calls": calls,
-            "credits": credits,
-            "price": request.price if captured else 0,
-        },
+        user_id=request.user_id,
+        service=request.service,
+        action=request.action,
+        handler=request.handler or "",
+        resource=request.resource or "",
+        status=request.status,
+        calls=calls,
+        credits=credits,
+        price=request.price if captured else 0,
     )
+    UsageRecord.objects.bulk_create([record], ignore_conflicts=True)
