@@ -151,4 +151,5 @@ class ServiceOfferAdmin(admin.ModelAdmin):
         return format_html("{}<br>example body: <code>{}</code>", names, example)
 
 
-from api import admin_accounts  # noqa: E402,F401  (accounts, ledger, usage)
+# Accounts, ledger and usage; deals with their offers and add-ons.
+from api import admin_accounts, admin_deals  # noqa: E402,F401

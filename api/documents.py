@@ -54,7 +54,19 @@ class ServiceRequest(Document):
     finished_at = DateTimeField(null=True)
     expires_at = DateTimeField(null=True)
     events = ListField(DictField())
+    # Deals: the parent (kind "deal") lists its children's ids in order; it has no handler and
+    # no job. A child is an offer request with `parent` set and no price of its own (the
+    # parent holds the deal's price). A pipeline step waits (`awaits_previous`) until the item
+    # before it succeeds; its prompt is rendered then, from `prompt_template` and {previous}.
     children = ListField(StringField())
+    deal_id = IntField()
+    addons = ListField(StringField())  # parent: the selected add-ons, "service/action"
+    parent = StringField()
+    position = IntField()
+    pipeline = StringField()
+    addon = BooleanField(default=False)
+    awaits_previous = BooleanField(default=False)
+    prompt_template = StringField()
 
     meta = {
         "collection": "requests",

@@ -1,10 +1,12 @@
-"""Catalog (handlers, offers) and client accounts. Requests live in MongoDB (api/documents.py)."""
+"""Catalog (handlers, offers, deals) and client accounts. Requests live in MongoDB
+(api/documents.py)."""
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
+from api import deal_rules
 from api.prompt_templates import TemplateError, template_fields
 
 # Service slugs that would shadow the API's own routes under /svc/.
@@ -203,3 +205,123 @@ class UsageRecord(models.Model):
 
     def __str__(self) -> str:
         return f"{self.service}/{self.action} {self.request_id[:12]}"
+
+
+def validate_percent(value: int) -> None:
+    if not 0 <= value <= 100:
+        raise ValidationError("a percentage from 0 to 100")
+
+
+class ServiceDeal(models.Model):
+    """Several offers sold as one request at one price, with optional add-ons (API.md)."""
+
+    name = models.SlugField(
+        max_length=50, unique=True, help_text="Bought at POST /svc/deal/<name>/"
+    )
+    offers = models.ManyToManyField(
+        ServiceOffer, through="ServiceDealItem", related_name="deals", blank=True
+    )
+    price = models.PositiveIntegerField(
+        null=True,
+        blank=True,
+        help_text="Fixed price (credits) of the deal's offers; empty: their prices less "
+        "price_modifier %",
+    )
+    price_modifier = models.PositiveSmallIntegerField(
+        default=0,
+        validators=[validate_percent],
+        help_text="% off the sum of the offers' prices (used when no fixed price is set)",
+    )
+    addons = models.ManyToManyField(
+        ServiceOffer, through="ServiceDealAddon", related_name="addon_of_deals", blank=True
+    )
+    addons_modifier = models.PositiveSmallIntegerField(
+        default=0,
+        validators=[validate_percent],
+        help_text="% off the sum of the add-ons a client selects",
+    )
+    description = models.CharField(max_length=200, blank=True)
+    is_active = models.BooleanField(default=True, help_text="Inactive deals answer 404")
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name = "service deal"
+
+    def __str__(self) -> str:
+        return self.name
+
+    @property
+    def endpoint(self) -> str:
+        return f"/svc/deal/{self.name}/"
+
+    def ordered_items(self) -> list["ServiceDealItem"]:
+        return list(self.items.select_related("offer").order_by("position", "id"))
+
+    def ordered_addons(self) -> list["ServiceDealAddon"]:
+        return list(self.addon_items.select_related("offer").order_by("position", "id"))
+
+    def price_for(self, items: list[ServiceOffer], addons: list[ServiceOffer]) -> int:
+        """The price of these items with these selected add-ons (deal_rules.deal_price)."""
+        return deal_rules.deal_price(
+            fixed=self.price,
+            price_modifier=self.price_modifier,
+            item_prices=[offer.price for offer in items],
+            addon_prices=[offer.price for offer in addons],
+            addons_modifier=self.addons_modifier,
+        )
+
+
+class ServiceDealItem(models.Model):
+    """One offer of a deal, in order; a pipeline step follows the item before it."""
+
+    PIPELINE_CHOICES = [
+        (deal_rules.OVERWRITE, "overwrite: its own results"),
+        (deal_rules.EXTEND, "extend: the previous results, then its own"),
+        (deal_rules.PASS_THROUGH, "pass through: the previous results unchanged"),
+    ]
+
+    deal = models.ForeignKey(ServiceDeal, on_delete=models.CASCADE, related_name="items")
+    offer = models.ForeignKey(ServiceOffer, on_delete=models.PROTECT, related_name="deal_items")
+    position = models.PositiveIntegerField(default=0)
+    pipeline = models.CharField(
+        max_length=20,
+        choices=PIPELINE_CHOICES,
+        blank=True,
+        default="",
+        help_text="Empty: runs in parallel with the others. Otherwise starts when the item "
+        "before it succeeds and gets its output as {previous}",
+    )
+
+    class Meta:
+        ordering = ["position", "id"]
+        verbose_name = "deal offer"
+
+    def __str__(self) -> str:
+        mode = f" ({self.pipeline})" if self.pipeline else ""
+        return f"{self.offer}{mode}"
+
+    def step(self) -> deal_rules.Step:
+        return deal_rules.Step(str(self.offer), self.offer.prompt_template, self.pipeline or None)
+
+
+class ServiceDealAddon(models.Model):
+    """An optional offer of a deal, run (in parallel) after the items when a client selects it."""
+
+    deal = models.ForeignKey(ServiceDeal, on_delete=models.CASCADE, related_name="addon_items")
+    offer = models.ForeignKey(ServiceOffer, on_delete=models.PROTECT, related_name="deal_addons")
+    position = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["position", "id"]
+        verbose_name = "deal add-on"
+        constraints = [
+            models.UniqueConstraint(fields=["deal", "offer"], name="deal_addon_unique"),
+        ]
+
+    def __str__(self) -> str:
+        return str(self.offer)
+
+    def step(self) -> deal_rules.Step:
+        return deal_rules.Step(str(self.offer), self.offer.prompt_template)

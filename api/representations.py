@@ -2,8 +2,10 @@
 
 from datetime import datetime
 
+from api import deal_rules
 from api.documents import ServiceRequest
-from api.models import LedgerEntry, ServiceOffer
+from api.models import LedgerEntry, ServiceDeal, ServiceOffer
+from api.prompt_templates import TemplateError
 
 
 def iso(value: datetime | None) -> str | None:
@@ -12,8 +14,9 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
-def request_repr(request: ServiceRequest) -> dict:
-    return {
+def request_repr(request: ServiceRequest, children: list[ServiceRequest] | None = None) -> dict:
+    """A request; a deal's `children` are given by the caller (they are documents of their own)."""
+    body = {
         "id": request.id,
         "kind": request.kind,
         "service": request.service,
@@ -29,9 +32,20 @@ def request_repr(request: ServiceRequest) -> dict:
         "finished_at": iso(request.finished_at),
         "expires_at": iso(request.expires_at),
         "url": f"/svc/request/{request.id}/",
-        "children": list(request.children),
+        "children": [request_repr(child) for child in children or ()],
+        "parent": request.parent,
         "cancel_requested": bool(request.cancel_requested),
     }
+    if request.kind == "deal":
+        body["addons"] = list(request.addons)
+    if request.parent:
+        body.update(
+            position=request.position,
+            pipeline=request.pipeline,
+            addon=bool(request.addon),
+            parent_url=f"/svc/request/{request.parent}/",
+        )
+    return body
 
 
 def offer_repr(offer: ServiceOffer) -> dict:
@@ -44,6 +58,37 @@ def offer_repr(offer: ServiceOffer) -> dict:
         "price": offer.price,
         "create_qty": offer.create_qty,
         "expiration": offer.expiration,
+    }
+
+
+def deal_repr(deal: ServiceDeal) -> dict:
+    items, addons = deal.ordered_items(), deal.ordered_addons()
+    try:
+        inputs = deal_rules.deal_inputs([item.step() for item in items])
+    except TemplateError:
+        inputs = []
+    return {
+        "name": deal.name,
+        "url": deal.endpoint,
+        "description": deal.description,
+        "inputs": inputs,
+        "price": deal.price_for([item.offer for item in items], []),
+        "fixed_price": deal.price,
+        "price_modifier": deal.price_modifier,
+        "offers": [
+            {"offer": str(item.offer), "pipeline": item.pipeline or None, "price": item.offer.price}
+            for item in items
+        ],
+        "addons": [
+            {
+                "offer": str(addon.offer),
+                "inputs": deal_rules.step_inputs(addon.step()),
+                "price": deal_rules.percent_off(addon.offer.price, deal.addons_modifier),
+            }
+            for addon in addons
+            if addon.offer.is_active
+        ],
+        "addons_modifier": deal.addons_modifier,
     }
 
 

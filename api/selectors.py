@@ -1,7 +1,7 @@
 """Reads: the catalog and a client's requests."""
 
 from api.documents import ServiceRequest
-from api.models import Account, LedgerEntry, ServiceOffer
+from api.models import Account, LedgerEntry, ServiceDeal, ServiceOffer
 
 # Ledger entries GET /svc/account/ lists, newest first.
 ACCOUNT_TRANSACTIONS = 100
@@ -17,6 +17,16 @@ def offer_get_active(*, service: str, action: str) -> ServiceOffer | None:
 
 def offer_list_active() -> list[ServiceOffer]:
     return list(ServiceOffer.objects.select_related("handler").filter(is_active=True))
+
+
+def deal_get_active(*, name: str) -> ServiceDeal | None:
+    return ServiceDeal.objects.filter(name=name, is_active=True).first()
+
+
+def deal_list_active() -> list[ServiceDeal]:
+    """Active deals whose every offer is active (the others answer 404)."""
+    deals = ServiceDeal.objects.filter(is_active=True).exclude(items__offer__is_active=False)
+    return list(deals.filter(items__isnull=False).distinct())
 
 
 def request_get_for_user(*, request_id: str, user_id: int) -> ServiceRequest | None:

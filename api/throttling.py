@@ -13,34 +13,8 @@ from functools import lru_cache
 from django.conf import settings
 from rest_framework.throttling import SimpleRateThrottle
 
+from api.sliding_window import SLIDING_WINDOW
 from executor.queues import redis_connection
-
-# Sliding-window counter: the current fixed window's count plus the previous window's,
-# weighted by how much of it still lies within `window` of now. Clock: the Redis server's.
-# KEYS[1] key prefix; ARGV[1] limit, ARGV[2] window (ms). Returns {allowed, wait (ms)}.
-_SLIDING_WINDOW = """
-local limit = tonumber(ARGV[1])
-local window = tonumber(ARGV[2])
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local index = math.floor(now / window)
-local elapsed = now - index * window
-local current_key = KEYS[1] .. ':' .. index
-local current = tonumber(redis.call('GET', current_key) or '0')
-local previous = tonumber(redis.call('GET', KEYS[1] .. ':' .. (index - 1)) or '0')
-local remaining = window - elapsed
-if previous * remaining / window + current + 1 > limit then
-  local wait = remaining
-  if current + 1 <= limit and previous > 0 then
-    -- the previous window's weight falls until one more request fits
-    wait = remaining - (limit - current - 1) * window / previous
-  end
-  return {0, math.max(1, math.ceil(wait))}
-end
-redis.call('INCR', current_key)
-redis.call('PEXPIRE', current_key, 2 * window)
-return {1, 0}
-"""
 
 
 class IntakeThrottle(SimpleRateThrottle):
@@ -79,4 +53,4 @@ def _script():
 
 @lru_cache(maxsize=2)
 def _registered(client):
-    return client.register_script(_SLIDING_WINDOW)
+    return client.register_script(SLIDING_WINDOW)

@@ -9,5 +9,6 @@ urlpatterns = [
     path(
         "request/<str:request_id>/cancel/", views.RequestCancelView.as_view(), name="request-cancel"
     ),
+    path("deal/<slug:name>/", views.DealIntakeView.as_view(), name="deal-intake"),
     path("<slug:service>/<slug:action>/", views.OfferIntakeView.as_view(), name="offer-intake"),
 ]

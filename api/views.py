@@ -12,8 +12,9 @@ from rest_framework.views import APIView
 from api import mongo, selectors
 from api.body import read_json_object
 from api.errors import ApplicationError
-from api.representations import account_repr, offer_repr, request_repr
+from api.representations import account_repr, deal_repr, offer_repr, request_repr
 from api.services.cancel import request_cancel_by_client
+from api.services.deals import deal_cancel, deal_submit, request_children
 from api.services.intake import intake_submit
 from api.throttling import IntakeThrottle
 from executor.queues import redis_connection
@@ -27,7 +28,10 @@ class CatalogView(APIView):
 
     def get(self, request):
         return Response(
-            {"offers": [offer_repr(o) for o in selectors.offer_list_active()], "deals": []}
+            {
+                "offers": [offer_repr(o) for o in selectors.offer_list_active()],
+                "deals": [deal_repr(d) for d in selectors.deal_list_active()],
+            }
         )
 
 
@@ -43,12 +47,24 @@ class OfferIntakeView(APIView):
         return Response(request_repr(svc_request), status=202 if created else 200)
 
 
+class DealIntakeView(APIView):
+    throttle_classes = [IntakeThrottle]
+
+    def post(self, request, name: str):
+        deal = selectors.deal_get_active(name=name)
+        if deal is None:
+            raise ApplicationError("not_found", f"no deal at /svc/deal/{name}/", status=404)
+        body = read_json_object(request, limit=settings.SVC_MAX_BODY_BYTES)
+        parent, children, created = deal_submit(user_id=request.user.pk, deal=deal, body=body)
+        return Response(request_repr(parent, children), status=202 if created else 200)
+
+
 class RequestDetailView(APIView):
     def get(self, request, request_id: str):
         svc_request = selectors.request_get_for_user(request_id=request_id, user_id=request.user.pk)
         if svc_request is None:
             raise ApplicationError("not_found", "no such request", status=404)
-        return Response(request_repr(svc_request))
+        return Response(request_repr(svc_request, request_children(svc_request)))
 
 
 class RequestCancelView(APIView):
@@ -56,7 +72,18 @@ class RequestCancelView(APIView):
         svc_request = selectors.request_get_for_user(request_id=request_id, user_id=request.user.pk)
         if svc_request is None:
             raise ApplicationError("not_found", "no such request", status=404)
-        svc_request, outcome = request_cancel_by_client(request_id=svc_request.id)
+        if svc_request.parent:
+            raise ApplicationError(
+                "not_cancelable",
+                "this request is an item of a deal; cancel the deal at "
+                f"/svc/request/{svc_request.parent}/cancel/",
+                status=409,
+                parent=svc_request.parent,
+            )
+        if svc_request.kind == "deal":
+            svc_request, outcome = deal_cancel(svc_request)
+        else:
+            svc_request, outcome = request_cancel_by_client(request_id=svc_request.id)
         if outcome == "terminal":
             raise ApplicationError(
                 "not_cancelable",
@@ -64,7 +91,10 @@ class RequestCancelView(APIView):
                 status=409,
                 status_now=svc_request.status,
             )
-        return Response(request_repr(svc_request), status=200 if outcome == "canceled" else 202)
+        return Response(
+            request_repr(svc_request, request_children(svc_request)),
+            status=200 if outcome == "canceled" else 202,
+        )
 
 
 class AccountView(APIView):

@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 import pymongo
 import redis
 
+from api import sliding_window
 from benchmarks import measure
 from benchmarks.stack import ECHO_OFFER, Stack
 from executor import resources
@@ -42,8 +43,8 @@ INTAKE_REQUESTS = 1000
 EXECUTION_REQUESTS = 400
 REPLAY_DB = "bench_replay"
 REPLAY_REDIS_DB = 1
-# Seconds the throttle's history lives (SVC_INTAKE_RATE is per minute).
-THROTTLE_SECONDS = 60
+# Requests per minute the replayed throttle allows: as the bench's SVC_INTAKE_RATE, never hit.
+THROTTLE_LIMIT = 100_000_000
 # The queues the executor listens on by default (executor.queues.all_queue_names), in order.
 EXECUTOR_QUEUES = ("svc-http", "svc-local", "svc-openai", "svc-default")
 REPLAY_QUEUE = "rq:queue:svc-local"
@@ -118,6 +119,7 @@ class Replay:
         self.resource = resources.Resource("local")
         self.worker = "rq:worker:replay"
         self.grants: dict[int, resources.Grant] = {}
+        self.throttle_script = self.redis.register_script(sliding_window.SLIDING_WINDOW)
 
     def prepare(self) -> None:
         # The indexes mongoengine creates for ServiceRequest (api/documents.py).
@@ -153,18 +155,8 @@ class Replay:
         conn.execute(OFFER_SQL, (ECHO_OFFER[1], ECHO_OFFER[0])).fetchall()
 
     def throttle(self, i: int) -> None:
-        """IntakeThrottle (DRF SimpleRateThrottle on Django's Redis cache): GET, then SET."""
-        raw = self.redis.get("svc:1:throttle_intake_bench")
-        history = pickle.loads(raw) if raw else []
-        now = time.time()
-        while history and history[-1] <= now - THROTTLE_SECONDS:
-            history.pop()
-        history.insert(0, now)
-        self.redis.set(
-            "svc:1:throttle_intake_bench",
-            pickle.dumps(history, pickle.HIGHEST_PROTOCOL),
-            ex=THROTTLE_SECONDS,
-        )
+        """IntakeThrottle: one sliding-window script (EVALSHA) on the client's counters."""
+        self.throttle_script(keys=["svc:throttle:intake:bench"], args=[THROTTLE_LIMIT, 60_000])
 
     def mongo_submit(self, i: int) -> None:
         """request_submit: the insert (the dedupe read happens only when the insert collides)."""

@@ -22,6 +22,7 @@ from rq.timeouts import JobTimeoutException
 from api.documents import QUEUED, SUCCEEDED, TERMINAL, ServiceRequest
 from api.selectors import request_get
 from api.services.accounts import account_capture, account_release, usage_record
+from api.services.deals import deal_child_ended, deal_child_started
 from api.services.requests import (
     now,
     request_expire,
@@ -53,7 +54,9 @@ def run_request(request_id: str) -> str | Retry:
     request = request_get(request_id=request_id)
     if request is None or request.status != QUEUED:
         if request is not None and request.status in TERMINAL:
-            settle(request)
+            _settle_and_move_on(request)
+        return "skipped"
+    if request.awaits_previous:  # a pipeline step: the step before it queues it when done
         return "skipped"
     if request.expires_at is not None and request.expires_at <= now():
         return _finish(request_expire(request_id=request_id, from_status=QUEUED, current=request))
@@ -88,6 +91,8 @@ def run_request(request_id: str) -> str | Retry:
     if started is None:  # canceled or expired meanwhile: the calls were never made
         resources.release(grant, refund=True)
         return "skipped"
+    if started.parent:
+        deal_child_started(started)
     return _execute(started, handler, resource, grant)
 
 
@@ -202,12 +207,19 @@ def _finish(request: ServiceRequest | None, grant=None) -> str:
     """Settle credits for a request that just ended; record its usage if it made calls."""
     if request is None:
         return "skipped"
-    settle(request)
     if grant is not None:  # it made calls: record what they cost
         calls = request.create_qty
         usage_record(request=request, calls=calls, credits=request.handler_credits * calls)
     logger.info("request %s id=%s", request.status, request.id)
+    _settle_and_move_on(request)
     return request.status
+
+
+def _settle_and_move_on(request: ServiceRequest) -> None:
+    if request.parent:
+        deal_child_ended(request)  # the deal holds the price, and may queue the next step
+    else:
+        settle(request)
 
 
 def settle(request: ServiceRequest) -> None:

@@ -26,6 +26,22 @@ offers:
   - {service: text, action: slow, price: 2, prompt_template: "{text}", handler: local.echo,
      params: {delay_seconds: 0.3}}
   - {service: text, action: broken, price: 5, prompt_template: "{text}", handler: local.fail}
+  - {service: text, action: shout, price: 4, prompt_template: "{previous}!", handler: local.echo}
+  - {service: text, action: wait, price: 1, prompt_template: "{text}", handler: local.echo,
+     params: {delay_seconds: 600}}
+deals:
+  - name: starter
+    offers:
+      - {offer: text/greet, pipeline: null}
+      - {offer: text/shout, pipeline: overwrite}
+    price_modifier: 10
+    addons: [text/slow]
+    addons_modifier: 50
+  - name: long
+    offers:
+      - {offer: text/wait, pipeline: null}
+      - {offer: text/shout, pipeline: extend}
+    price: 3
 """
 
 

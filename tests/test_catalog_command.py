@@ -6,7 +6,7 @@ import pytest
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from api.models import ServiceHandler, ServiceOffer
+from api.models import ServiceDeal, ServiceHandler, ServiceOffer
 from api.services.catalog import catalog_import
 from executor.handlers import all_handlers
 
@@ -151,15 +151,6 @@ def test_it_reports_every_problem_with_its_line_and_changes_nothing(tmp_path, ma
     assert catalog_rows() == before
 
 
-def test_it_rejects_deals_for_now(tmp_path):
-    path = write(tmp_path, GOOD_CATALOG.replace("deals: []", "deals:\n  - {name: starter}"))
-    _, err = run_failing("import", path)
-    assert err.strip().endswith(
-        "line 18: deals are not supported yet; remove the deals: section or leave it empty"
-    )
-    assert not ServiceOffer.objects.exists()
-
-
 def test_it_rejects_an_offer_whose_handler_is_nowhere_defined(tmp_path):
     text = """\
     offers:
@@ -236,5 +227,12 @@ def test_the_demo_catalog_imports():
     if not {"openai.chat", "http.post"} <= set(all_handlers()):
         pytest.skip("openai.chat / http.post are not registered yet")
     out, _ = run("import", str(path))
-    assert "handlers: 4 created" in out and "offers: 5 created" in out
+    assert "handlers: 4 created" in out and "offers: 6 created" in out
+    assert "deals: 1 created" in out
     assert ServiceOffer.objects.get(service="text", action="slow").params == {"delay_seconds": 2}
+    deal = ServiceDeal.objects.get(name="starter")
+    assert [(i.offer.action, i.pipeline) for i in deal.ordered_items()] == [
+        ("greet", ""),
+        ("exclaim", "overwrite"),
+        ("slow", ""),
+    ]

@@ -233,3 +233,51 @@ def test_cancel_stops_a_running_call_and_releases_its_credits(stack):
     account = client.get("/svc/account/").json()
     assert (account["balance"], account["held"]) == (10, 0)
     assert client.post(f"{created['url']}cancel/").status_code == 409
+
+
+def test_a_deal_bought_over_http_runs_its_pipeline_and_is_charged_once(stack):
+    live = stack()
+    live.start_api()
+    client = live.client("alice", credits=20)
+    status, created = post(
+        client,
+        "/svc/deal/starter/",
+        {"inputs": {"name": "Ada", "text": "x"}, "addons": ["text/slow"]},
+    )
+    assert status == 202 and created["price"] == 6 + 1  # (3 + 4) less 10 %, add-on 2 less 50 %
+    live.start_executor("--concurrency", "8")
+    done = wait_until(
+        lambda: (r := client.get(created["url"]).json())["status"] == "succeeded" and r,
+        what="the deal to succeed",
+    )
+    assert done["results"] == [["Hello Ada"], ["Hello Ada!"], ["x"]]
+    assert [c["status"] for c in done["children"]] == ["succeeded"] * 3
+    account = client.get("/svc/account/").json()
+    assert (account["balance"], account["held"]) == (13, 0)
+    assert [t["kind"] for t in account["transactions"] if t["request_id"]] == ["capture", "hold"]
+    assert_ledger_balances(live)
+
+
+def test_cancel_of_a_running_deal_over_http(stack):
+    live = stack()
+    live.start_api()
+    client = live.client("alice", credits=10)
+    live.start_executor("--concurrency", "4")
+    status, created = post(client, "/svc/deal/long/", {"inputs": {"text": "zz"}})
+    assert status == 202
+    wait_until(lambda: client.get(created["url"]).json()["status"] == "running", what="running")
+    response = client.post(f"{created['url']}cancel/")
+    assert response.status_code == 200 and response.json()["status"] == "canceled"
+
+    # The 600 s item is stopped by its executor, the pipeline step never starts.
+    def all_canceled():
+        deal = client.get(created["url"]).json()
+        return all(c["status"] == "canceled" for c in deal["children"]) and deal
+
+    done = wait_until(all_canceled, timeout=30, what="the deal's items to end canceled")
+    running, step = done["children"]
+    assert running["started_at"] is not None and running["results"] == []
+    assert step["started_at"] is None and step["error"]["code"] == "deal_canceled"
+    account = client.get("/svc/account/").json()
+    assert (account["balance"], account["held"]) == (10, 0)
+    assert_ledger_balances(live)

@@ -7,6 +7,7 @@ once even when two processes attempt it.
 import hashlib
 import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from mongoengine.errors import NotUniqueError
@@ -55,7 +56,11 @@ def request_id_for(key: str, seq: int) -> str:
 
 
 def validate_inputs(*, offer: ServiceOffer, inputs: dict) -> None:
-    expected = offer.inputs
+    check_inputs(expected=offer.inputs, inputs=inputs, what="this offer")
+
+
+def check_inputs(*, expected: list[str], inputs: dict, what: str) -> None:
+    """400 unless `inputs` has exactly the `expected` names, each a scalar."""
     missing = [name for name in expected if name not in inputs]
     if missing:
         raise ApplicationError(
@@ -65,8 +70,7 @@ def validate_inputs(*, offer: ServiceOffer, inputs: dict) -> None:
     if unknown:
         raise ApplicationError(
             "unknown_inputs",
-            f"unknown inputs: {', '.join(unknown)} "
-            f"(this offer takes: {', '.join(expected) or 'none'})",
+            f"unknown inputs: {', '.join(unknown)} ({what} takes: {', '.join(expected) or 'none'})",
             fields=unknown,
         )
     bad = sorted(name for name, value in inputs.items() if not isinstance(value, SCALAR_TYPES))
@@ -85,6 +89,41 @@ def is_live(request: ServiceRequest, at: datetime) -> bool:
     return request.status in (QUEUED, RUNNING, SUCCEEDED)
 
 
+def offer_request(
+    *,
+    offer: ServiceOffer,
+    inputs: dict,
+    queue: str,
+    resource: str,
+    at: datetime,
+    render: bool = True,
+    **fields,
+) -> ServiceRequest:
+    """A queued request document for `offer` (not saved), with a snapshot of the offer so a
+    later catalog edit does not change it. `render=False` leaves the prompt for later (a
+    pipeline step's template needs the previous step's output)."""
+    values = dict(
+        kind="offer",
+        service=offer.service,
+        action=offer.action,
+        offer_id=offer.pk,
+        handler=offer.handler_id,
+        params=offer.params or {},
+        create_qty=offer.create_qty,
+        price=offer.price,
+        resource=resource,
+        handler_credits=offer.handler.credits,
+        queue=queue,
+        inputs=inputs,
+        prompt=prompt_templates.render(offer.prompt_template, inputs) if render else None,
+        status=QUEUED,
+        created_at=at,
+        expires_at=at + timedelta(seconds=offer.expiration) if offer.expiration else None,
+        events=[_event(QUEUED, at)],
+    )
+    return ServiceRequest(**{**values, **fields})
+
+
 def request_submit(
     *, user_id: int, offer: ServiceOffer, inputs: dict, queue: str, resource: str = ""
 ) -> tuple[ServiceRequest, bool]:
@@ -95,32 +134,35 @@ def request_submit(
     validate_inputs(offer=offer, inputs=inputs)
     key = dedupe_key(user_id=user_id, service=offer.service, action=offer.action, inputs=inputs)
     at = now()
-    seq = 0
-    # Insert first: a new request (the usual case) costs one write and no read. The unique id
-    # settles identical concurrent submissions; the loser reads the winner and answers with it.
-    for _ in range(SUBMIT_ATTEMPTS):
-        request = ServiceRequest(
-            id=request_id_for(key, seq),
+
+    def build(request_id: str, seq: int) -> ServiceRequest:
+        return offer_request(
+            offer=offer,
+            inputs=inputs,
+            queue=queue,
+            resource=resource,
+            at=at,
+            id=request_id,
             dedupe_key=key,
             seq=seq,
             user_id=user_id,
-            service=offer.service,
-            action=offer.action,
-            offer_id=offer.pk,
-            handler=offer.handler_id,
-            params=offer.params or {},
-            create_qty=offer.create_qty,
-            price=offer.price,
-            resource=resource,
-            handler_credits=offer.handler.credits,
-            queue=queue,
-            inputs=inputs,
-            prompt=prompt_templates.render(offer.prompt_template, inputs),
-            status=QUEUED,
-            created_at=at,
-            expires_at=at + timedelta(seconds=offer.expiration) if offer.expiration else None,
-            events=[_event(QUEUED, at)],
         )
+
+    return insert_unless_live(key=key, at=at, build=build)
+
+
+def insert_unless_live(
+    *, key: str, at: datetime, build: Callable[[str, int], ServiceRequest]
+) -> tuple[ServiceRequest, bool]:
+    """Insert `build(id, seq)` as the newest request of dedupe chain `key`, or return the
+    chain's live request. Returns (request, created).
+
+    Insert first: a new request (the usual case) costs one write and no read. The unique id
+    settles identical concurrent submissions; the loser reads the winner and answers with it.
+    """
+    seq = 0
+    for _ in range(SUBMIT_ATTEMPTS):
+        request = build(request_id_for(key, seq), seq)
         try:
             request.save(force_insert=True)
         except NotUniqueError:
@@ -143,7 +185,7 @@ def _event(status: str, at: datetime, note: str = "") -> dict:
     return event
 
 
-def _transition(
+def transition(
     request_id: str,
     *,
     from_status: str,
@@ -191,7 +233,7 @@ def request_start(
 
     The caller checks `expires_at` first (the executor has the document already).
     """
-    return _transition(
+    return transition(
         request_id,
         from_status=QUEUED,
         to_status=RUNNING,
@@ -205,7 +247,7 @@ def request_requeue(
     *, request_id: str, note: str, current: ServiceRequest | None = None
 ) -> ServiceRequest | None:
     """Give a running request back to the queue (its executor stopped before it finished)."""
-    return _transition(
+    return transition(
         request_id,
         from_status=RUNNING,
         to_status=QUEUED,
@@ -219,7 +261,7 @@ def request_succeed(
     *, request_id: str, results: list, current: ServiceRequest | None = None
 ) -> ServiceRequest | None:
     """Record the results, unless the client canceled meanwhile (then it ends canceled)."""
-    done = _transition(
+    done = transition(
         request_id,
         from_status=RUNNING,
         to_status=SUCCEEDED,
@@ -236,30 +278,34 @@ def request_cancel_running(
     *, request_id: str, current: ServiceRequest | None = None
 ) -> ServiceRequest | None:
     """End a running request whose client asked to cancel it; its results are discarded."""
-    return _transition(
+    return transition(
         request_id,
         from_status=RUNNING,
         to_status=CANCELED,
         where={"cancel_requested": True},
         current=current,
         finished_at=now(),
-        error={"code": "canceled", "message": "canceled by the client"},
+        error={"code": "canceled", "message": "canceled while it ran; its results are discarded"},
         cancel_requested=True,
     )
 
 
-def request_cancel(*, request_id: str) -> tuple[ServiceRequest | None, str]:
+def request_cancel(
+    *, request_id: str, error: dict | None = None
+) -> tuple[ServiceRequest | None, str]:
     """Cancel a queued request now, or ask its executor to stop a running one.
 
     Returns (request, outcome) with outcome "canceled", "cancel_requested" or "terminal".
+    `error` is what a request canceled while queued shows (default: canceled by the client).
     """
+    error = error or {"code": "canceled", "message": "canceled by the client"}
     for _ in range(3):  # the status may move under us (queued → running); look again
-        done = _transition(
+        done = transition(
             request_id,
             from_status=QUEUED,
             to_status=CANCELED,
             finished_at=now(),
-            error={"code": "canceled", "message": "canceled by the client"},
+            error=error,
             cancel_requested=True,
         )
         if done is not None:
@@ -293,7 +339,7 @@ def request_fail(
         canceled = request_cancel_running(request_id=request_id, current=current)
         if canceled is not None:
             return canceled
-    return _transition(
+    return transition(
         request_id,
         from_status=from_status,
         to_status=FAILED,
@@ -306,7 +352,7 @@ def request_fail(
 def request_expire(
     *, request_id: str, from_status: str, current: ServiceRequest | None = None
 ) -> ServiceRequest | None:
-    return _transition(
+    return transition(
         request_id,
         from_status=from_status,
         to_status=EXPIRED,
