@@ -14,6 +14,7 @@ from django.conf import settings
 from rest_framework.throttling import SimpleRateThrottle
 
 from api.sliding_window import SLIDING_WINDOW
+from configs import live
 from executor.queues import redis_connection
 
 
@@ -22,8 +23,8 @@ class IntakeThrottle(SimpleRateThrottle):
     cache_format = "svc:throttle:%(scope)s:%(ident)s"
 
     def get_rate(self) -> str:
-        # Read at request time so the rate follows SVC_INTAKE_RATE (and test overrides).
-        return settings.SVC_INTAKE_RATE
+        # Read at request time: the active `api` config's intake_rate, else SVC_INTAKE_RATE.
+        return (live.config("api") or {}).get("intake_rate") or settings.SVC_INTAKE_RATE
 
     def get_cache_key(self, request, view) -> str | None:
         if request.user is None or not request.user.is_authenticated:

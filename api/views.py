@@ -17,9 +17,15 @@ from api.services.cancel import request_cancel_by_client
 from api.services.deals import deal_cancel, deal_submit, request_children
 from api.services.intake import intake_submit
 from api.throttling import IntakeThrottle
+from configs import live
 from executor.queues import redis_connection
 
 logger = logging.getLogger(__name__)
+
+
+def max_body_bytes() -> int:
+    """The active `api` config's max_body_bytes, else SVC_MAX_BODY_BYTES."""
+    return (live.config("api") or {}).get("max_body_bytes") or settings.SVC_MAX_BODY_BYTES
 
 
 class CatalogView(APIView):
@@ -42,7 +48,7 @@ class OfferIntakeView(APIView):
         offer = selectors.offer_get_active(service=service, action=action)
         if offer is None:
             raise ApplicationError("not_found", f"no offer at /svc/{service}/{action}/", status=404)
-        inputs = read_json_object(request, limit=settings.SVC_MAX_BODY_BYTES)
+        inputs = read_json_object(request, limit=max_body_bytes())
         svc_request, created = intake_submit(user_id=request.user.pk, offer=offer, inputs=inputs)
         return Response(request_repr(svc_request), status=202 if created else 200)
 
@@ -54,7 +60,7 @@ class DealIntakeView(APIView):
         deal = selectors.deal_get_active(name=name)
         if deal is None:
             raise ApplicationError("not_found", f"no deal at /svc/deal/{name}/", status=404)
-        body = read_json_object(request, limit=settings.SVC_MAX_BODY_BYTES)
+        body = read_json_object(request, limit=max_body_bytes())
         parent, children, created = deal_submit(user_id=request.user.pk, deal=deal, body=body)
         return Response(request_repr(parent, children), status=202 if created else 200)
 

@@ -96,13 +96,21 @@ class Denied:
 
 
 _cache: dict[Path, tuple[int, dict[str, Resource]]] = {}
+# The active service_map config's resource map, parsed: (the content it was parsed from, map).
+_config_cache: tuple[object, dict[str, Resource]] | None = None
 
 
 def load_resource_map(path: str | Path | None = None) -> dict[str, Resource]:
-    """Resources by name from `path`, else SVC_RESOURCE_MAP, else the shipped map.
+    """Resources by name from `path`, else SVC_RESOURCE_MAP, else the `resource_map` of the
+    active `service_map` config (configs/live.py: a new version applies within seconds,
+    without a restart), else the shipped map.
 
-    Parsed again only when the file's mtime changes.
+    A file is parsed again only when its mtime changes, a config when its version changes.
     """
+    if path is None and not os.environ.get(RESOURCE_MAP_ENV):
+        configured = _from_config()
+        if configured is not None:
+            return dict(configured)
     path = Path(path or os.environ.get(RESOURCE_MAP_ENV) or DEFAULT_RESOURCE_MAP)
     try:
         mtime = path.stat().st_mtime_ns
@@ -112,6 +120,27 @@ def load_resource_map(path: str | Path | None = None) -> dict[str, Resource]:
     if cached is None or cached[0] != mtime:
         cached = _cache[path] = (mtime, _parse_map(path))
     return dict(cached[1])
+
+
+def _from_config() -> dict[str, Resource] | None:
+    global _config_cache
+    from django.conf import settings
+
+    if not settings.configured:  # used without Django (benchmarks' store replay)
+        return None
+    from configs import live, schemas  # needs Django: only when used
+
+    document = (live.config("service_map") or {}).get("resource_map")
+    if not document:
+        return None
+    cached = _config_cache
+    if cached is None or cached[0] is not document:
+        try:
+            cached = _config_cache = (document, schemas.parse_resource_map(document))
+        except ResourceMapError as exc:  # validated at upload; keep the last good map
+            logger.warning("service_map config: %s; keeping the last good resource map", exc)
+            return cached[1] if cached else None
+    return cached[1]
 
 
 def get_resource(name: str) -> Resource:

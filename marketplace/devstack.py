@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+from cryptography.fernet import Fernet
+
 from marketplace import embedded
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -75,16 +77,18 @@ def _environment(data_dir: Path, servers: list[embedded.Server]) -> dict:
     if "redis" in by_name:
         env["REDIS_URL"] = by_name["redis"].uri
     env.setdefault("DJANGO_SECRET_KEY", _persistent_secret(data_dir / "secret_key"))
+    # The key `~` config values are encrypted with (configs/keys.py); kept like the secret key.
+    env.setdefault("CONFIG_FERNET_KEY", _persistent_secret(data_dir / "fernet_key", fernet=True))
     # Written so that `manage.py …` in another shell reaches the same servers (see settings).
-    keys = ("MONGO_URI", "REDIS_URL", "DJANGO_SECRET_KEY")
+    keys = ("MONGO_URI", "REDIS_URL", "DJANGO_SECRET_KEY", "CONFIG_FERNET_KEY")
     (data_dir / "dev.env").write_text("".join(f"{k}={env[k]}\n" for k in keys))
     os.chmod(data_dir / "dev.env", 0o600)
     return env
 
 
-def _persistent_secret(path: Path, nbytes: int = 50) -> str:
+def _persistent_secret(path: Path, nbytes: int = 50, fernet: bool = False) -> str:
     if not path.exists():
-        path.write_text(secrets.token_urlsafe(nbytes))
+        path.write_text(Fernet.generate_key().decode() if fernet else secrets.token_urlsafe(nbytes))
         os.chmod(path, 0o600)
     return path.read_text().strip()
 

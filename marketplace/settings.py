@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "django_prometheus",
     "api",
     "executor",
+    "configs",
 ]
 
 MIDDLEWARE = [

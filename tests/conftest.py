@@ -1,18 +1,24 @@
 import pytest
+from mongoengine.connection import get_db
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from api.documents import ServiceRequest
 from api.models import ServiceHandler, ServiceOffer
 from api.services.accounts import account_grant
+from configs import live as config_live
+from configs import store as config_store
 from executor.queues import redis_connection
 
 
 @pytest.fixture(autouse=True)
 def clean_stores():
-    """Each test starts with empty request documents and an empty Redis."""
+    """Each test starts with empty request documents, no configs and an empty Redis."""
     ServiceRequest.drop_collection()
     ServiceRequest.ensure_indexes()
+    for collection in config_store.COLLECTIONS:
+        get_db().drop_collection(collection)
+    config_live.forget()
     redis_connection().flushdb()
     yield
 

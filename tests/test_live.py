@@ -5,10 +5,12 @@ import json
 import os
 import random
 import secrets
+import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
+from cryptography.fernet import Fernet
 
 from api.documents import TERMINAL, ServiceRequest
 from tests import postgres
@@ -281,3 +283,44 @@ def test_cancel_of_a_running_deal_over_http(stack):
     account = client.get("/svc/account/").json()
     assert (account["balance"], account["held"]) == (10, 0)
     assert_ledger_balances(live)
+
+
+def max_overlap(request_ids: list[str]) -> int:
+    """Most of these requests that ran at the same moment (from started_at / finished_at)."""
+    docs = [ServiceRequest.objects.get(id=i) for i in request_ids]
+    edges = sorted(
+        [(d.started_at, 1) for d in docs] + [(d.finished_at, -1) for d in docs],
+        key=lambda edge: (edge[0], edge[1]),  # an end before a start at the same instant
+    )
+    running = peak = 0
+    for _, step in edges:
+        running += step
+        peak = max(peak, running)
+    return peak
+
+
+def test_a_running_executor_follows_a_new_resource_limit(stack, tmp_path, monkeypatch):
+    monkeypatch.setenv("CONFIG_FERNET_KEY", Fernet.generate_key().decode())
+    live = stack(SVC_CONFIG_REFRESH_SECONDS="0.5")
+
+    def limit_local_calls(limit: int) -> None:
+        path = tmp_path / f"service_map_{limit}.yaml"
+        path.write_text(f"resource_map:\n  resources:\n    local: {{max_concurrency: {limit}}}\n")
+        live.manage("config", "upload", str(path), "--name", "service_map")
+
+    def run_three(tag: str) -> list[str]:
+        ids = [post(client, "/svc/text/slow/", {"text": f"{tag}{n}"})[1]["id"] for n in range(3)]
+        wait_until(
+            lambda: all(ServiceRequest.objects.get(id=i).status == "succeeded" for i in ids),
+            what=f"the {tag} requests to succeed",
+        )
+        return ids
+
+    limit_local_calls(1)
+    live.start_api()
+    client = live.client("alice", credits=100)
+    live.start_executor("--concurrency", "8")
+    assert max_overlap(run_three("one-at-a-time")) == 1
+    limit_local_calls(3)  # no restart: the executor reads the new version within a second
+    time.sleep(1.5)
+    assert max_overlap(run_three("together")) == 3

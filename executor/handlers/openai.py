@@ -2,6 +2,7 @@
 
 import os
 
+from configs import live
 from executor import upstream
 from executor.handlers import HandlerCall, HandlerError, handler
 
@@ -15,15 +16,26 @@ DEFAULT_TIMEOUT = 60.0
 
 @handler
 async def chat(call: HandlerCall) -> str:
-    """One chat completion of the prompt; `params.model` required, key from the environment."""
+    """One chat completion of the prompt. Model, base URL and key come from the offer's params,
+    else the active `service_map` config (`handlers: openai.chat: {~api_key, base_url,
+    model}`), else the environment (OPENAI_API_KEY, OPENAI_BASE_URL)."""
     params = call.params
-    model = params.get("model")
+    configured = live.section("service_map", "handlers", "openai.chat")
+    model = params.get("model") or configured.get("model")
     if not model or not isinstance(model, str):
         raise HandlerError("bad_params", "params.model is required")
-    base_url = params.get("base_url") or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL
+    base_url = (
+        params.get("base_url")
+        or configured.get("base_url")
+        or os.environ.get("OPENAI_BASE_URL")
+        or DEFAULT_BASE_URL
+    )
     url = upstream.check_url(base_url, param="base_url").rstrip("/") + "/chat/completions"
     timeout = upstream.timeout_param(params, DEFAULT_TIMEOUT)
-    api_key = api_key_from_env(params.get("api_key_env") or DEFAULT_API_KEY_ENV)
+    if params.get("api_key_env") or not configured.get("api_key"):
+        api_key = api_key_from_env(params.get("api_key_env") or DEFAULT_API_KEY_ENV)
+    else:
+        api_key = str(configured["api_key"]).strip()
 
     response = await upstream.post_json(
         url,
@@ -36,7 +48,6 @@ async def chat(call: HandlerCall) -> str:
 
 
 def api_key_from_env(name: str) -> str:
-    # A later issue moves keys into the config store; until then the environment holds them.
     # Only *_API_KEY variables: an offer must not be able to send DJANGO_SECRET_KEY upstream.
     if not isinstance(name, str) or not name.endswith("_API_KEY"):
         raise HandlerError(

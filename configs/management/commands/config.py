@@ -1,0 +1,142 @@
+"""`config upload|list|show|diff|rollback|rotate-keys`: versioned application configs in MongoDB."""
+
+import os
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
+
+from configs import keys, protocol, store
+from configs.protocol import ConfigError
+
+
+class Command(BaseCommand):
+    help = "Upload, inspect, diff and roll back versioned configs; re-encrypt them on key rotation."
+
+    def add_arguments(self, parser):
+        actions = parser.add_subparsers(dest="action", required=True)
+        upload = actions.add_parser("upload", help="validate FILE, store it as a new version")
+        upload.add_argument("file", help="config YAML file (the ~ ^ !ENV protocol)")
+        upload.add_argument("--name", required=True, help="config name, e.g. service_map")
+        upload.add_argument("--version", type=int, help="version number (default: next)")
+        upload.add_argument("--comment", default="", help="why, for the history")
+        listing = actions.add_parser("list", help="versions, the active one marked *")
+        listing.add_argument("name", nargs="?")
+        show = actions.add_parser("show", help="print a version as YAML, secrets masked")
+        show.add_argument("name")
+        show.add_argument("--version", type=int, help="default: the active version")
+        show.add_argument("--reveal", action="store_true", help="print secrets in plaintext")
+        diff = actions.add_parser("diff", help="unified diff of two versions, secrets masked")
+        diff.add_argument("name")
+        diff.add_argument("v1", type=int)
+        diff.add_argument("v2", type=int)
+        rollback = actions.add_parser("rollback", help="activate an earlier version")
+        rollback.add_argument("name")
+        rollback.add_argument("--to", type=int, help="default: the version before the active one")
+        actions.add_parser("rotate-keys", help="re-encrypt every version with the newest key")
+
+    def handle(self, *args, action: str, **options):
+        run = {
+            "upload": self.upload,
+            "list": self.list,
+            "show": self.show,
+            "diff": self.diff,
+            "rollback": self.rollback,
+            "rotate-keys": self.rotate_keys,
+        }[action]
+        try:
+            run(**options)
+        except ConfigError as exc:
+            raise CommandError(str(exc)) from None
+        except ServerSelectionTimeoutError:
+            raise CommandError(
+                "MongoDB did not answer: check MONGO_URI and that the server is up "
+                "(`make run` starts one)"
+            ) from None
+        except PyMongoError as exc:
+            raise CommandError(f"MongoDB: {' '.join(str(exc).split())[:200]}") from None
+
+    def upload(self, *, file: str, name: str, version: int | None, comment: str, **_):
+        text = _read(file)
+        try:
+            stored = store.upload(name, text, by=_by(), comment=comment, version=version)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                self.stderr.write(f"{file}: {problem}")
+            count = len(exc.problems)
+            raise CommandError(
+                f"{file}: {count} problem{'s' if count != 1 else ''}; nothing was stored"
+            ) from None
+        self.stdout.write(
+            f"uploaded {name} version {stored.version} (active, sha256 {stored.sha256[:12]})"
+        )
+
+    def list(self, *, name: str | None, **_):
+        found = store.versions(name)
+        if not found:
+            raise ConfigError(f"no config named {name!r}" if name else "no configs stored yet")
+        active = store.active_versions()
+        rows = [("NAME", "VERSION", "ACTIVE", "SHA256", "BY", "WHEN", "COMMENT")]
+        rows += [
+            (
+                v.name,
+                str(v.version),
+                "*" if active.get(v.name) == v.version else "",
+                v.sha256[:12],
+                v.created_by,
+                v.created_at.strftime("%Y-%m-%d %H:%M:%S UTC"),
+                v.comment,
+            )
+            for v in found
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
+        for row in rows:
+            cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
+            self.stdout.write("  ".join([*cells, row[-1]]).rstrip())
+
+    def show(self, *, name: str, version: int | None, reveal: bool, **_):
+        found = store.get(name, version)
+        active = store.active_versions().get(name) == found.version
+        content = found.content
+        if reveal and protocol.has_secrets(content):
+            content = protocol.unseal(content, keys.fernet())
+        elif not reveal:
+            content = protocol.mask(content)
+        self.stdout.write(
+            f"# {name} version {found.version}{' (active)' if active else ''}, "
+            f"sha256 {found.sha256[:12]}, by {found.created_by} at "
+            f"{found.created_at:%Y-%m-%d %H:%M:%S} UTC"
+        )
+        self.stdout.write(protocol.dump_yaml(content), ending="")
+
+    def diff(self, *, name: str, v1: int, v2: int, **_):
+        lines = store.diff(name, v1, v2)
+        if not lines:
+            self.stderr.write(f"{name}: versions {v1} and {v2} have the same content")
+        for line in lines:
+            self.stdout.write(line)
+
+    def rollback(self, *, name: str, to: int | None, **_):
+        before = store.get(name)
+        target = store.rollback(name, to=to, by=_by())
+        self.stdout.write(f"{name}: version {target.version} is active (was {before.version})")
+
+    def rotate_keys(self, **_):
+        count = store.rotate_keys(by=_by())
+        self.stdout.write(
+            f"re-encrypted {count} version(s) with the newest key; "
+            f"older keys can now be removed from {keys.KEY_ENV}"
+        )
+
+
+def _read(path: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise CommandError(f"cannot read {path}: not UTF-8 text") from None
+
+
+def _by() -> str:
+    return os.environ.get("USER") or "manage.py"
