@@ -207,11 +207,11 @@ def _finish(request: ServiceRequest | None, grant=None) -> str:
     """Settle credits for a request that just ended; record its usage if it made calls."""
     if request is None:
         return "skipped"
+    _settle_and_move_on(request)  # first: the client sees its credits settle with the status
     if grant is not None:  # it made calls: record what they cost
         calls = request.create_qty
         usage_record(request=request, calls=calls, credits=request.handler_credits * calls)
     logger.info("request %s id=%s", request.status, request.id)
-    _settle_and_move_on(request)
     return request.status
 
 

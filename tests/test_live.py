@@ -232,6 +232,8 @@ def test_cancel_stops_a_running_call_and_releases_its_credits(stack):
         what="the running request to end canceled",
     )
     assert done["results"] == [] and done["error"]["code"] == "canceled"
+    # The release follows the status write (the same job, a moment later).
+    wait_until(lambda: client.get("/svc/account/").json()["held"] == 0, what="the release")
     account = client.get("/svc/account/").json()
     assert (account["balance"], account["held"]) == (10, 0)
     assert client.post(f"{created['url']}cancel/").status_code == 409
@@ -254,6 +256,7 @@ def test_a_deal_bought_over_http_runs_its_pipeline_and_is_charged_once(stack):
     )
     assert done["results"] == [["Hello Ada"], ["Hello Ada!"], ["x"]]
     assert [c["status"] for c in done["children"]] == ["succeeded"] * 3
+    wait_until(lambda: client.get("/svc/account/").json()["held"] == 0, what="the capture")
     account = client.get("/svc/account/").json()
     assert (account["balance"], account["held"]) == (13, 0)
     assert [t["kind"] for t in account["transactions"] if t["request_id"]] == ["capture", "hold"]
