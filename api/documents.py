@@ -49,6 +49,9 @@ class ServiceRequest(Document):
     error = DictField(null=True, default=None)
     attempts = IntField(default=0)
     cancel_requested = BooleanField(default=False)
+    worker = StringField()  # the executor (RQ worker name) running it; recon checks it lives
+    recon_at = DateTimeField()  # when recon last claimed it for a repair
+    retry_at = DateTimeField()  # recon re-enqueues a request it gave back no sooner than this
     created_at = DateTimeField(required=True)
     started_at = DateTimeField(null=True)
     finished_at = DateTimeField(null=True)

@@ -54,7 +54,7 @@ def run_request(request_id: str) -> str | Retry:
     request = request_get(request_id=request_id)
     if request is None or request.status != QUEUED:
         if request is not None and request.status in TERMINAL:
-            _settle_and_move_on(request)
+            settle_and_move_on(request)
         return "skipped"
     if request.awaits_previous:  # a pipeline step: the step before it queues it when done
         return "skipped"
@@ -87,7 +87,9 @@ def run_request(request_id: str) -> str | Retry:
         )
     if isinstance(grant, resources.Denied):
         return _denied(request, resource, grant)
-    started = request_start(request_id=request_id, current=request)
+    job = get_current_job()
+    worker = (job.worker_name or "") if job else ""
+    started = request_start(request_id=request_id, current=request, worker=worker)
     if started is None:  # canceled or expired meanwhile: the calls were never made
         resources.release(grant, refund=True)
         return "skipped"
@@ -207,7 +209,7 @@ def _finish(request: ServiceRequest | None, grant=None) -> str:
     """Settle credits for a request that just ended; record its usage if it made calls."""
     if request is None:
         return "skipped"
-    _settle_and_move_on(request)  # first: the client sees its credits settle with the status
+    settle_and_move_on(request)  # first: the client sees its credits settle with the status
     if grant is not None:  # it made calls: record what they cost
         calls = request.create_qty
         usage_record(request=request, calls=calls, credits=request.handler_credits * calls)
@@ -215,7 +217,7 @@ def _finish(request: ServiceRequest | None, grant=None) -> str:
     return request.status
 
 
-def _settle_and_move_on(request: ServiceRequest) -> None:
+def settle_and_move_on(request: ServiceRequest) -> None:
     if request.parent:
         deal_child_ended(request)  # the deal holds the price, and may queue the next step
     else:

@@ -1,6 +1,7 @@
 """RQ queues on the one Redis connection; the API enqueues by job path, never importing handlers."""
 
 import logging
+from datetime import timedelta
 from functools import lru_cache
 
 import redis
@@ -58,17 +59,40 @@ def get_queue(name: str | None = None) -> Queue:
     return Queue(name or settings.SVC_DEFAULT_QUEUE, connection=redis_connection())
 
 
-def enqueue_request(*, request_id: str, queue: str) -> None:
-    """One RQ job per request; the job id is the request id, so the job is never enqueued twice."""
-    get_queue(queue).enqueue(
-        RUN_REQUEST_JOB,
-        request_id,
+def enqueue_request(*, request_id: str, queue: str, delay: float = 0) -> None:
+    """One RQ job per request; the job id is the request id, so the job is never enqueued twice.
+
+    `delay` (seconds) schedules it instead (RQ's scheduler runs in every executor).
+    """
+    options = dict(
         job_id=request_id,
         job_timeout=settings.SVC_JOB_TIMEOUT + JOB_TIMEOUT_MARGIN,
         result_ttl=RESULT_TTL,
         failure_ttl=FAILURE_TTL,
         description=f"request {request_id}",
     )
+    if delay > 0:
+        get_queue(queue).enqueue_in(
+            timedelta(seconds=delay), RUN_REQUEST_JOB, request_id, **options
+        )
+    else:
+        get_queue(queue).enqueue(RUN_REQUEST_JOB, request_id, **options)
+
+
+# RQ job states in which the job will still run (or runs now).
+LIVE_JOB_STATES = frozenset({b"queued", b"scheduled", b"deferred", b"started"})
+
+
+def live_jobs(job_ids: list[str]) -> set[str]:
+    """Those of `job_ids` whose RQ job exists and will run or runs now (one round trip)."""
+    connection = redis_connection()
+    with connection.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(Job.key_for(job_id), "status")
+        states = pipe.execute()
+    return {
+        job_id for job_id, state in zip(job_ids, states, strict=True) if state in LIVE_JOB_STATES
+    }
 
 
 def cancel_job(job_id: str) -> None:

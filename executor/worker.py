@@ -16,6 +16,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import redis
 from rq import SimpleWorker
 from rq.command import parse_payload
 from rq.job import Job
@@ -23,7 +24,7 @@ from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
-from executor import runtime
+from executor import liveness, runtime
 
 # Seconds one blocking dequeue waits before the loop re-checks for a stop request.
 DEQUEUE_POLL_SECONDS = 2
@@ -67,6 +68,31 @@ class ConcurrentWorker(SimpleWorker):
     @property
     def inflight(self) -> int:
         return len(self._inflight)
+
+    # Liveness for recon (executor/liveness.py): a beat every few seconds from its own thread.
+    def register_birth(self) -> None:
+        super().register_birth()
+        self._beating = threading.Event()
+        threading.Thread(target=self._beat, name="liveness", daemon=True).start()
+
+    def register_death(self) -> None:
+        beating = getattr(self, "_beating", None)
+        if beating is not None:
+            beating.set()
+        try:
+            liveness.leave(self.connection, self.name)
+        except redis.RedisError:
+            self.log.warning("Worker %s: could not leave the live executors", self.name)
+        super().register_death()
+
+    def _beat(self) -> None:
+        while True:
+            try:
+                liveness.beat(self.connection, self.name)
+            except redis.RedisError as exc:  # recon may count us dead: say so, keep trying
+                self.log.warning("Worker %s: liveness beat failed: %s", self.name, exc)
+            if self._beating.wait(liveness.BEAT_SECONDS):
+                return
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
         """Take a free slot, then a job; None on a stop request, when idle, or (burst) empty."""

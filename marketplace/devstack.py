@@ -3,8 +3,8 @@
     python -m marketplace.devstack
 
 Starts SecantusDB and redis-server under DATA_DIR when needed, migrates, loads the demo
-catalog, creates an admin and a demo client, then runs the API (gunicorn) and the executor
-in the foreground. Ctrl-C or SIGTERM stops every child, servers last.
+catalog, creates an admin and a demo client, then runs the API (gunicorn), the executor
+and recon in the foreground. Ctrl-C or SIGTERM stops every child, servers last.
 """
 
 import os
@@ -163,7 +163,13 @@ def _start_children(env: dict) -> list[subprocess.Popen]:
         cwd=ROOT,
         start_new_session=True,
     )
-    return [api, executor]
+    recon = subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "recon"],
+        env=env,
+        cwd=ROOT,
+        start_new_session=True,
+    )
+    return [api, executor, recon]
 
 
 def _stop(children: list[subprocess.Popen]) -> None:

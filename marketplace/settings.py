@@ -32,6 +32,7 @@ INSTALLED_APPS = [
     "django_prometheus",
     "api",
     "executor",
+    "recon",
     "configs",
 ]
 
@@ -124,6 +125,13 @@ SVC_JOB_TIMEOUT = envint("SVC_JOB_TIMEOUT", 900)
 EXECUTOR_CONCURRENCY = envint("EXECUTOR_CONCURRENCY", 64)
 # Seconds in-flight jobs get to finish on SIGTERM before they are handed back to their queues.
 EXECUTOR_SHUTDOWN_GRACE = envint("EXECUTOR_SHUTDOWN_GRACE", 25)
+# Recon (`manage.py recon`): seconds between sweeps; runs of a request whose executor died
+# before it is failed (`abandoned`); seconds a queued request may lack an RQ job, and a hold
+# a settlement, before recon repairs them.
+SVC_RECON_INTERVAL = envint("SVC_RECON_INTERVAL", 10)
+SVC_MAX_ATTEMPTS = envint("SVC_MAX_ATTEMPTS", 3)
+SVC_RECON_QUEUED_GRACE = envint("SVC_RECON_QUEUED_GRACE", 30)
+SVC_RECON_HOLD_GRACE = envint("SVC_RECON_HOLD_GRACE", 60)
 # Name of the RQ queue requests go to when their handler names no resource queue.
 SVC_DEFAULT_QUEUE = envstr("SVC_DEFAULT_QUEUE", "svc-default")
 

@@ -1,1 +1,1 @@
-"""Recon: the daemon that makes sure every accepted request ends (arrives with its issue)."""
+"""Recon: the daemon that makes sure every accepted request ends (`manage.py recon`)."""

@@ -109,6 +109,9 @@ class LiveStack:
     def start_executor(self, *args: str) -> subprocess.Popen:
         return self._spawn([sys.executable, str(ROOT / "manage.py"), "runexecutor", *args])
 
+    def start_recon(self, *args: str) -> subprocess.Popen:
+        return self._spawn([sys.executable, str(ROOT / "manage.py"), "recon", *args])
+
     def _spawn(self, argv: list[str]) -> subprocess.Popen:
         log = open(self.workdir / f"proc-{len(self.processes)}.log", "wb")  # noqa: SIM115
         process = subprocess.Popen(

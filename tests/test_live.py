@@ -5,6 +5,7 @@ import json
 import os
 import random
 import secrets
+import signal
 import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
@@ -327,3 +328,39 @@ def test_a_running_executor_follows_a_new_resource_limit(stack, tmp_path, monkey
     limit_local_calls(3)  # no restart: the executor reads the new version within a second
     time.sleep(1.5)
     assert max_overlap(run_three("together")) == 3
+
+
+def test_kill_9_of_an_executor_loses_nothing_and_charges_once(stack, tmp_path):
+    live = stack()
+    live.manage(
+        "shell",
+        "-c",
+        (
+            "from api.models import ServiceOffer as O\n"
+            "O.objects.filter(action='slow').update(params={'delay_seconds': 3})"
+        ),
+    )
+    live.start_api()
+    client = live.client("alice", credits=200)
+    doomed = live.start_executor("--concurrency", "40")
+    ids = [post(client, "/svc/text/slow/", {"text": f"k{n}"})[1]["id"] for n in range(30)]
+    wait_until(
+        lambda: ServiceRequest.objects(id__in=ids, status="running").count() == 30,
+        what="30 requests in flight",
+    )
+    os.killpg(doomed.pid, signal.SIGKILL)  # no shutdown, no hand-back: the executor is gone
+    doomed.wait()
+    live.start_executor("--concurrency", "40")
+    live.start_recon("--interval", "1")
+    wait_until(
+        lambda: ServiceRequest.objects(id__in=ids, status="succeeded").count() == 30,
+        timeout=120,  # the SLO: retried within 2 minutes
+        what="every request to succeed after the kill",
+    )
+    assert all(ServiceRequest.objects.get(id=i).attempts == 2 for i in ids)
+    wait_until(lambda: client.get("/svc/account/").json()["held"] == 0, what="the captures")
+    assert client.get("/svc/account/").json()["balance"] == 200 - 30 * 2
+    entries, _ = ledger(live)
+    captures = Counter(e["request_id"] for e in entries if e["kind"] == "capture")
+    assert set(captures) == set(ids) and set(captures.values()) == {1}
+    assert_ledger_balances(live)

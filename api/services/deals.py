@@ -322,6 +322,16 @@ def _fail_deal(
         logger.info("deal failed id=%s: %s", parent.id, message)
 
 
+def deal_fail_incomplete(parent: ServiceRequest) -> None:
+    """Recon: a deal whose intake stopped before all its children existed fails, released."""
+    _fail_deal(parent, code="intake_incomplete", message="the deal's intake did not complete")
+
+
+def deal_settle(parent: ServiceRequest) -> None:
+    """Capture a succeeded deal's hold, release any other ended deal's. Idempotent."""
+    _settle(parent)
+
+
 def _settle(parent: ServiceRequest) -> None:
     if parent.status == SUCCEEDED:
         account_capture(request_id=parent.id)

@@ -227,11 +227,12 @@ def transition(
 
 
 def request_start(
-    *, request_id: str, current: ServiceRequest | None = None
+    *, request_id: str, current: ServiceRequest | None = None, worker: str = ""
 ) -> ServiceRequest | None:
     """Claim a queued request for execution (one write); None when it is not queued.
 
-    The caller checks `expires_at` first (the executor has the document already).
+    `worker` names the executor, so recon can tell when it died. The caller checks
+    `expires_at` first (the executor has the document already).
     """
     return transition(
         request_id,
@@ -239,6 +240,7 @@ def request_start(
         to_status=RUNNING,
         current=current,
         started_at=now(),
+        worker=worker,
         inc__attempts=1,
     )
 

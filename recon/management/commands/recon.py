@@ -1,0 +1,52 @@
+"""`manage.py recon [--once] [--interval S]`: the daemon that makes every request end."""
+
+import logging
+import signal
+import threading
+
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
+from pymongo.errors import PyMongoError
+from redis import RedisError
+
+from recon import sweeps
+
+logger = logging.getLogger("recon")
+
+
+class Command(BaseCommand):
+    help = "Repair stuck requests, lost jobs and unsettled holds (recon/sweeps.py)."
+
+    def add_arguments(self, parser):
+        parser.add_argument("--once", action="store_true", help="one sweep, then exit")
+        parser.add_argument(
+            "--interval",
+            type=float,
+            default=None,
+            help="seconds between sweeps (default SVC_RECON_INTERVAL)",
+        )
+
+    def handle(self, *args, once: bool, interval: float | None, **options):
+        interval = settings.SVC_RECON_INTERVAL if interval is None else interval
+        if interval <= 0:
+            raise CommandError(f"--interval must be a positive number of seconds, not {interval}")
+        if once:
+            try:
+                repaired = sweeps.sweep()
+            except (RedisError, PyMongoError, DatabaseError) as exc:
+                raise CommandError(f"a store did not answer: {type(exc).__name__}") from None
+            self.stdout.write(f"repaired: {dict(repaired) or 'nothing'}")
+            return
+        stop = threading.Event()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            # The current sweep finishes (each repair is one claimed, idempotent step); then exit.
+            signal.signal(signum, lambda *_: stop.set())
+        logger.info("recon started, a sweep every %gs", interval)
+        while not stop.is_set():
+            try:
+                sweeps.sweep()
+            except Exception:  # a store down: say so, try again next time
+                logger.exception("recon sweep failed")
+            stop.wait(interval)
+        logger.info("recon stopped")
