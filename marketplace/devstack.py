@@ -198,7 +198,7 @@ def _banner(env: dict, admin_password: str, token: str) -> None:
     curl -s -X POST {base}/svc/text/greet/ -H 'Authorization: Token {token}' \\
          -H 'Content-Type: application/json' -d '{{"name": "Ada"}}'
     curl -s {base}/svc/request/<id>/ -H 'Authorization: Token {token}'
-    curl -s -X POST {base}/svc/deal/starter/ -H 'Authorization: Token {token}' \
+    curl -s -X POST {base}/svc/deal/starter/ -H 'Authorization: Token {token}' \\
          -d '{{"inputs": {{"name": "Ada", "text": "hi"}}, "addons": ["text/shout"]}}'
 
   Ctrl-C stops everything.

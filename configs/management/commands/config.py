@@ -73,8 +73,11 @@ class Command(BaseCommand):
 
     def list(self, *, name: str | None, **_):
         found = store.versions(name)
+        if not found and not name:
+            self.stdout.write("no configs stored yet (manage.py config upload FILE --name NAME)")
+            return
         if not found:
-            raise ConfigError(f"no config named {name!r}" if name else "no configs stored yet")
+            raise ConfigError(f"no config named {name!r}")
         active = store.active_versions()
         rows = [("NAME", "VERSION", "ACTIVE", "SHA256", "BY", "WHEN", "COMMENT")]
         rows += [
