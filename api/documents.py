@@ -77,5 +77,7 @@ class ServiceRequest(Document):
             {"fields": ["dedupe_key", "-seq"]},
             {"fields": ["user_id", "-created_at"]},
             {"fields": ["status", "created_at"]},
+            # recon/health.py's error rate: counts of what ended in the last minutes.
+            {"fields": ["status", "finished_at"]},
         ],
     }

@@ -19,6 +19,7 @@ from api.services.intake import intake_submit
 from api.throttling import IntakeThrottle
 from configs import live
 from executor.queues import redis_connection
+from recon import health
 
 logger = logging.getLogger(__name__)
 
@@ -115,10 +116,19 @@ def healthz(request):
         "redis": _check(redis_connection().ping),
     }
     healthy = all(value == "ok" for value in checks.values())
-    return JsonResponse(
-        {"status": "ok" if healthy else "unavailable", "checks": checks},
-        status=200 if healthy else 503,
-    )
+    body = {"status": "ok" if healthy else "unavailable", "checks": checks}
+    # Opt-in: load balancers poll /healthz often, and the snapshot costs a few round trips.
+    if healthy and request.GET.get("detail") == "1":
+        body["detail"] = _health_detail()
+    return JsonResponse(body, status=200 if healthy else 503)
+
+
+def _health_detail() -> dict:
+    try:
+        return health.detail(health.snapshot())
+    except Exception as exc:  # the stores answered the checks: a detail failure is not fatal
+        logger.warning("healthz detail failed: %s", type(exc).__name__)
+        return {"error": type(exc).__name__}
 
 
 def _check(probe) -> str:

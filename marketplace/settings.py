@@ -1,8 +1,10 @@
 """Settings, all read from the environment (see API.md, "Environment")."""
 
+import os
 from pathlib import Path
 
 import dj_database_url
+from django.core.exceptions import ImproperlyConfigured
 
 from marketplace.envs import envbool, envint, envstr, load_dev_env
 
@@ -134,6 +136,22 @@ SVC_RECON_QUEUED_GRACE = envint("SVC_RECON_QUEUED_GRACE", 30)
 SVC_RECON_HOLD_GRACE = envint("SVC_RECON_HOLD_GRACE", 60)
 # Name of the RQ queue requests go to when their handler names no resource queue.
 SVC_DEFAULT_QUEUE = envstr("SVC_DEFAULT_QUEUE", "svc-default")
+
+# Recon's health (recon/health.py): the error rate counts requests that ended within this many
+# minutes. Alerts (recon/alerts.py): a queued request older than SVC_ALERT_STUCK_SECONDS, or an
+# error rate above SVC_ALERT_ERROR_RATE (a fraction, over at least 10 ended requests), fires;
+# a condition still firing is sent again every SVC_ALERT_REPEAT_MINUTES.
+SVC_HEALTH_ERROR_MINUTES = envint("SVC_HEALTH_ERROR_MINUTES", 5)
+SVC_ALERT_STUCK_SECONDS = envint("SVC_ALERT_STUCK_SECONDS", 300)
+SVC_ALERT_REPEAT_MINUTES = envint("SVC_ALERT_REPEAT_MINUTES", 30)
+try:
+    SVC_ALERT_ERROR_RATE = float(envstr("SVC_ALERT_ERROR_RATE", "0.5"))
+except ValueError:
+    raise ImproperlyConfigured("SVC_ALERT_ERROR_RATE is not a number; set it to e.g. 0.5.")
+# Where alerts go; either may be unset (then that kind is not sent). Both URLs hold tokens:
+# never log them. Read directly because envstr treats an empty value as a missing one.
+DISCORD_WEBHOOK_URL = os.environ.get("DISCORD_WEBHOOK_URL", "")
+SVC_ALERT_WEBHOOK_URL = os.environ.get("SVC_ALERT_WEBHOOK_URL", "")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.TokenAuthentication"],

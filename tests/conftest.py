@@ -9,15 +9,18 @@ from api.services.accounts import account_grant
 from configs import live as config_live
 from configs import store as config_store
 from executor.queues import redis_connection
+from recon import usage
 
 
 @pytest.fixture(autouse=True)
 def clean_stores():
-    """Each test starts with empty request documents, no configs and an empty Redis."""
+    """Each test starts with empty request documents, no configs, no hourly usage and an empty
+    Redis."""
     ServiceRequest.drop_collection()
     ServiceRequest.ensure_indexes()
     for collection in config_store.COLLECTIONS:
         get_db().drop_collection(collection)
+    get_db().drop_collection(usage.COLLECTION)
     config_live.forget()
     redis_connection().flushdb()
     yield

@@ -3,6 +3,7 @@
 import logging
 import signal
 import threading
+from collections import Counter
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
@@ -10,7 +11,7 @@ from django.db import DatabaseError
 from pymongo.errors import PyMongoError
 from redis import RedisError
 
-from recon import sweeps
+from recon import alerts, health, sweeps, usage
 
 logger = logging.getLogger("recon")
 
@@ -44,9 +45,34 @@ class Command(BaseCommand):
             signal.signal(signum, lambda *_: stop.set())
         logger.info("recon started, a sweep every %gs", interval)
         while not stop.is_set():
+            repaired = Counter()
             try:
-                sweeps.sweep()
+                repaired = sweeps.sweep()
             except Exception:  # a store down: say so, try again next time
                 logger.exception("recon sweep failed")
+            _watch(repaired)
+            _aggregate_usage()
             stop.wait(interval)
         logger.info("recon stopped")
+
+
+def _watch(repaired: Counter) -> None:
+    """Health gauges, then alerts; each step's failure is logged and the loop goes on."""
+    try:
+        current = health.snapshot()
+        health.export(current)
+    except Exception:
+        logger.exception("recon health snapshot failed")
+        return
+    try:
+        alerts.evaluate(current, repaired)
+    except Exception:
+        logger.exception("recon alerts failed")
+
+
+def _aggregate_usage() -> None:
+    """Hourly usage aggregates (recon/usage.py): idempotent, so every recon may run them."""
+    try:
+        usage.aggregate_hours()
+    except Exception:
+        logger.exception("recon usage aggregation failed")

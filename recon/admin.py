@@ -1,0 +1,87 @@
+"""A read-only admin page of hourly usage, read from MongoDB through recon/usage.py.
+
+Hourly usage has no SQL table: UsageHour (recon/models.py) only gives the admin index a
+"Recon" entry and a view permission. Its ModelAdmin replaces every URL with one page: per
+hour, handler, resource and client, what was executed and charged, with each hour's totals
+and the totals of the window shown. Recon computes the figures, so there are no add, change
+or delete views.
+"""
+
+from datetime import UTC, datetime
+from functools import update_wrapper
+from itertools import groupby
+
+from django.contrib import admin
+from django.core.exceptions import PermissionDenied
+from django.template.response import TemplateResponse
+from django.urls import path
+
+from recon import usage
+from recon.models import UsageHour
+
+TEMPLATE = "admin/recon/usagehour/hourly.html"
+# Hours shown unless the page asks for others (?hours=N), and the most it may ask for.
+DEFAULT_HOURS_SHOWN = 24
+MAX_HOURS_SHOWN = 24 * 31
+FIGURES = ("requests", "succeeded", "failed", "calls", "credits", "price")
+
+
+@admin.register(UsageHour)
+class UsageHourAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_urls(self):
+        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+        return [path("", self._guard(self.hourly_view), name=f"{prefix}_changelist")]
+
+    def _guard(self, view):
+        """Staff only (admin_view sends others to the login page), with the view permission."""
+
+        def guarded(request, **kwargs):
+            if not self.has_view_permission(request):
+                raise PermissionDenied
+            return view(request, **kwargs)
+
+        return self.admin_site.admin_view(update_wrapper(guarded, view))
+
+    def hourly_view(self, request):
+        hours = hours_shown(request.GET.get("hours"))
+        rows = usage.hourly(since=usage.window_start(datetime.now(UTC), hours))
+        context = {
+            **self.admin_site.each_context(request),
+            "opts": self.opts,
+            "title": "Hourly usage",
+            "hours": hours,
+            "figures": FIGURES,
+            "by_hour": hour_groups(rows),
+            "total": totals(rows),
+        }
+        return TemplateResponse(request, TEMPLATE, context)
+
+
+def hours_shown(value: str | None) -> int:
+    try:
+        hours = int(value) if value else DEFAULT_HOURS_SHOWN
+    except ValueError:
+        hours = DEFAULT_HOURS_SHOWN
+    return min(max(hours, 1), MAX_HOURS_SHOWN)
+
+
+def totals(rows: list[dict]) -> dict:
+    return {figure: sum(row[figure] for row in rows) for figure in FIGURES}
+
+
+def hour_groups(rows: list[dict]) -> list[dict]:
+    """Rows (newest hour first) grouped by hour, each group with its totals."""
+    groups = []
+    for hour, in_hour in groupby(rows, key=lambda row: row["hour"]):
+        in_hour = list(in_hour)
+        groups.append({"hour": hour, "rows": in_hour, "total": totals(in_hour)})
+    return groups

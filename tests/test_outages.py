@@ -1,0 +1,109 @@
+"""Store outages: a stopped MongoDB server (real processes) and a job RQ failed (in-process)."""
+
+import json
+import time
+
+import pytest
+
+from api.documents import ServiceRequest
+from api.models import Account, LedgerEntry
+from api.services.requests import request_start
+from executor.queues import RUN_REQUEST_JOB, get_queue
+from marketplace import embedded
+from recon import sweeps
+from tests.helpers import run_worker, submit
+from tests.live import LiveStack, wait_until
+from tests.test_recon import lose_job
+
+GREET = "/svc/text/greet/"
+
+
+@pytest.fixture
+def mongo_dir(tmp_path):
+    return tmp_path / "outage-mongo"
+
+
+@pytest.fixture
+def own_mongo(mongo_dir):
+    """A SecantusDB of this test's own, so stopping it leaves the session's server alone."""
+    servers = [embedded.start_mongo(mongo_dir, db="svc_outage")]
+    yield servers  # the test appends the restarted server
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture
+def live(tmp_path, own_mongo):
+    stack = LiveStack(f"sqlite:///{tmp_path / 'live.sqlite3'}", tmp_path)
+    stack.env["MONGO_URI"] = own_mongo[0].uri
+    stack.prepare()
+    yield stack
+    stack.stop()
+
+
+def balance(live: LiveStack, username: str) -> tuple[int, int]:
+    """(balance, held) from the SQL database, without the API (nor MongoDB)."""
+    dump = json.loads(live.manage("dumpdata", "auth.User", "api.Account"))
+    user = next(
+        r["pk"] for r in dump if r["model"] == "auth.user" and r["fields"]["username"] == username
+    )
+    account = next(
+        r["fields"] for r in dump if r["model"] == "api.account" and r["fields"]["user"] == user
+    )
+    return account["balance"], account["held"]
+
+
+def test_a_stopped_mongodb_gets_a_quick_503_and_charges_nothing(live, own_mongo, mongo_dir):
+    live.start_api()
+    alice = live.client("alice", credits=10)
+    live.start_executor("--concurrency", "2")
+    server = own_mongo[0]
+    server.stop()
+
+    started = time.monotonic()
+    response = alice.post(GREET, json={"name": "Ada"})
+    elapsed = time.monotonic() - started
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "unavailable"
+    assert elapsed < 10, f"the API took {elapsed:.1f}s to answer"
+    assert alice.get("/svc/account/").json()["balance"] == 10  # the account reads SQL only
+    assert balance(live, "alice") == (10, 0)
+
+    port = int(server.uri.split(":")[2].split("/")[0])
+    try:
+        own_mongo.append(embedded.start_mongo(mongo_dir, port=port, db="svc_outage"))
+    except RuntimeError as exc:
+        pytest.skip(f"SecantusDB did not restart on the same port and data: {exc}")
+    response = alice.post(GREET, json={"name": "Ada"})
+    assert response.status_code == 202, response.text
+    done = wait_until(
+        lambda: (r := alice.get(response.json()["url"]).json())["status"] == "succeeded" and r,
+        timeout=30,
+        what="the request after the restart to succeed",
+    )
+    assert done["results"] == ["Hello Ada"]
+    wait_until(lambda: balance(live, "alice") == (7, 0), timeout=30, what="the capture")
+
+
+def test_a_request_whose_job_rq_failed_is_failed_and_released(alice, alice_api, greet_offer):
+    created = submit(alice_api, GREET, {"name": "Ada", "place": "P"})
+    lose_job(created["id"])
+    request_start(request_id=created["id"], worker="w")
+    queue = ServiceRequest.objects.get(id=created["id"]).queue
+    # A job that crashes before the request's code runs (one argument too many), as a job
+    # killed by an error outside the handler would: RQ moves it to its failed registry.
+    get_queue(queue).enqueue(RUN_REQUEST_JOB, created["id"], "bogus", job_id=created["id"])
+    run_worker(queue)
+    assert created["id"] in get_queue(queue).failed_job_registry.get_job_ids()
+    assert ServiceRequest.objects.get(id=created["id"]).status == "running"
+
+    assert sweeps.sweep_failed_jobs() == {"job_failed": 1}
+    assert sweeps.sweep_failed_jobs() == {}  # ended: nothing more to do
+    done = ServiceRequest.objects.get(id=created["id"])
+    assert done.status == "failed" and done.error["code"] == "job_failed"
+    kinds = sorted(
+        LedgerEntry.objects.filter(request_id=created["id"]).values_list("kind", flat=True)
+    )
+    assert kinds == ["hold", "release"]
+    account = Account.objects.get(user=alice)
+    assert (account.balance, account.held) == (1000, 0)
