@@ -69,6 +69,21 @@ class ConcurrentWorker(SimpleWorker):
     def inflight(self) -> int:
         return len(self._inflight)
 
+    # Redis going away for a moment (a restart, a failover) must not end the process: RQ's
+    # dequeue waits and reconnects; its bookkeeping writes in the loop would otherwise raise
+    # out of `work()` and stop the executor. Jobs lost meanwhile are recon's to re-enqueue.
+    def heartbeat(self, *args, **kwargs):
+        try:
+            return super().heartbeat(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.log.warning("Worker %s: heartbeat failed (%s); going on", self.name, exc)
+
+    def set_state(self, *args, **kwargs):
+        try:
+            return super().set_state(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            self.log.warning("Worker %s: state not recorded (%s); going on", self.name, exc)
+
     # Liveness for recon (executor/liveness.py): a beat every few seconds from its own thread.
     def register_birth(self) -> None:
         super().register_birth()

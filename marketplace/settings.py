@@ -131,6 +131,8 @@ EXECUTOR_SHUTDOWN_GRACE = envint("EXECUTOR_SHUTDOWN_GRACE", 25)
 # before it is failed (`abandoned`); seconds a queued request may lack an RQ job, and a hold
 # a settlement, before recon repairs them.
 SVC_RECON_INTERVAL = envint("SVC_RECON_INTERVAL", 10)
+# Port on 127.0.0.1 where recon serves its own /metrics (0: none; issue 9 unifies exposure).
+SVC_RECON_METRICS_PORT = envint("SVC_RECON_METRICS_PORT", 0)
 SVC_MAX_ATTEMPTS = envint("SVC_MAX_ATTEMPTS", 3)
 SVC_RECON_QUEUED_GRACE = envint("SVC_RECON_QUEUED_GRACE", 30)
 SVC_RECON_HOLD_GRACE = envint("SVC_RECON_HOLD_GRACE", 60)

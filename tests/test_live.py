@@ -10,10 +10,12 @@ import time
 from collections import Counter, defaultdict
 from concurrent.futures import ThreadPoolExecutor
 
+import httpx
 import pytest
 from cryptography.fernet import Fernet
 
 from api.documents import TERMINAL, ServiceRequest
+from marketplace.embedded import free_port
 from tests import postgres
 from tests.live import LiveStack, wait_until
 
@@ -351,7 +353,8 @@ def test_kill_9_of_an_executor_loses_nothing_and_charges_once(stack, tmp_path):
     os.killpg(doomed.pid, signal.SIGKILL)  # no shutdown, no hand-back: the executor is gone
     doomed.wait()
     live.start_executor("--concurrency", "40")
-    live.start_recon("--interval", "1")
+    metrics_port = free_port()
+    live.start_recon("--interval", "1", "--metrics-port", str(metrics_port))
     wait_until(
         lambda: ServiceRequest.objects(id__in=ids, status="succeeded").count() == 30,
         timeout=120,  # the SLO: retried within 2 minutes
@@ -364,3 +367,5 @@ def test_kill_9_of_an_executor_loses_nothing_and_charges_once(stack, tmp_path):
     captures = Counter(e["request_id"] for e in entries if e["kind"] == "capture")
     assert set(captures) == set(ids) and set(captures.values()) == {1}
     assert_ledger_balances(live)
+    metrics = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics").text
+    assert 'svc_recon_repaired_total{reason="executor_lost"} 30.0' in metrics

@@ -107,3 +107,64 @@ def test_a_request_whose_job_rq_failed_is_failed_and_released(alice, alice_api, 
     assert kinds == ["hold", "release"]
     account = Account.objects.get(user=alice)
     assert (account.balance, account.held) == (1000, 0)
+
+
+def test_a_redis_killed_under_load_loses_nothing_accepted(tmp_path):
+    """kill -9 of Redis (AOF, fsync every second) while requests flow: the queue may lose
+    its last writes; MongoDB keeps the requests, and recon enqueues what the queue lost."""
+    redis_dir = tmp_path / "outage-redis"
+    server = embedded.start_redis(redis_dir)
+    port = int(server.uri.rsplit(":", 1)[1].split("/")[0])
+    stack = LiveStack(f"sqlite:///{tmp_path / 'live.sqlite3'}", tmp_path)
+    stack.env.update(REDIS_URL=server.uri, SVC_RECON_QUEUED_GRACE="2")
+    restarted = None
+    try:
+        stack.prepare()
+        stack.manage(
+            "shell",
+            "-c",
+            "from api.models import ServiceOffer as O\n"
+            "O.objects.filter(action='slow').update(params={'delay_seconds': 0.2})",
+        )
+        stack.start_api()
+        alice = stack.client("alice", credits=1000)
+        stack.start_executor("--concurrency", "4")
+        stack.start_recon("--interval", "1")
+        accepted = []
+
+        def send(n: int) -> None:
+            try:
+                response = alice.post("/svc/text/slow/", json={"text": f"r{n}"})
+            except Exception:  # the API may not answer while Redis is down: not accepted
+                return
+            if response.status_code == 202:
+                accepted.append(response.json()["id"])
+
+        for n in range(40):
+            send(n)
+        wait_until(  # the executor is up and working
+            lambda: ServiceRequest.objects(id__in=accepted, status="succeeded").count() >= 5,
+            what="the first requests to succeed",
+        )
+        server.process.kill()  # SIGKILL: no final fsync
+        server.process.wait()
+        for n in range(40, 45):
+            send(n)  # refused (503) while Redis is down: nothing accepted, nothing charged
+        restarted = embedded.start_redis(redis_dir, port=port)
+        for n in range(45, 80):
+            send(n)
+        assert len(accepted) >= 60
+        wait_until(
+            lambda: (
+                ServiceRequest.objects(id__in=accepted, status="succeeded").count() == len(accepted)
+            ),
+            timeout=120,
+            what="every accepted request to succeed after the Redis restart",
+        )
+        wait_until(lambda: alice.get("/svc/account/").json()["held"] == 0, what="the captures")
+        assert alice.get("/svc/account/").json()["balance"] == 1000 - 2 * len(accepted)
+    finally:
+        stack.stop()
+        for running in (server, restarted):
+            if running is not None:
+                running.stop()

@@ -8,6 +8,7 @@ from collections import Counter
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
+from prometheus_client import start_http_server
 from pymongo.errors import PyMongoError
 from redis import RedisError
 
@@ -22,13 +23,22 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--once", action="store_true", help="one sweep, then exit")
         parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=None,
+            help="serve recon's Prometheus metrics on 127.0.0.1:PORT/metrics "
+            "(default SVC_RECON_METRICS_PORT; none when unset)",
+        )
+        parser.add_argument(
             "--interval",
             type=float,
             default=None,
             help="seconds between sweeps (default SVC_RECON_INTERVAL)",
         )
 
-    def handle(self, *args, once: bool, interval: float | None, **options):
+    def handle(
+        self, *args, once: bool, interval: float | None, metrics_port: int | None, **options
+    ):
         interval = settings.SVC_RECON_INTERVAL if interval is None else interval
         if interval <= 0:
             raise CommandError(f"--interval must be a positive number of seconds, not {interval}")
@@ -43,6 +53,13 @@ class Command(BaseCommand):
         for signum in (signal.SIGTERM, signal.SIGINT):
             # The current sweep finishes (each repair is one claimed, idempotent step); then exit.
             signal.signal(signum, lambda *_: stop.set())
+        metrics_port = metrics_port or settings.SVC_RECON_METRICS_PORT
+        if metrics_port:
+            try:
+                start_http_server(metrics_port, addr="127.0.0.1")
+            except OSError as exc:
+                raise CommandError(f"cannot serve metrics on port {metrics_port}: {exc}") from None
+            logger.info("recon metrics on http://127.0.0.1:%d/metrics", metrics_port)
         logger.info("recon started, a sweep every %gs", interval)
         while not stop.is_set():
             repaired = Counter()
