@@ -79,5 +79,6 @@ class ServiceRequest(Document):
             {"fields": ["status", "created_at"]},
             # recon/health.py's error rate: counts of what ended in the last minutes.
             {"fields": ["status", "finished_at"]},
+            {"fields": ["status", "expires_at"]},
         ],
     }

@@ -12,7 +12,8 @@ same request twice, and every repair is idempotent: running a sweep again change
 - queued, older than a grace period, with no live RQ job: enqueued again; past its
   `expires_at`: `expired`; a pipeline step whose predecessor ended: its deal moves on; a
   deal whose intake stopped before its children existed: `failed`, hold released;
-- a hold with no settlement whose request ended or is gone: captured or released.
+- a hold with no settlement whose request ended or is gone: captured or released;
+- succeeded, past `expires_at`: `expired`, results purged, metadata and charge kept.
 """
 
 import logging
@@ -23,7 +24,7 @@ from django.conf import settings
 from mongoengine.queryset.visitor import Q
 from rq.registry import FailedJobRegistry
 
-from api.documents import QUEUED, RUNNING, TERMINAL, ServiceRequest
+from api.documents import EXPIRED, QUEUED, RUNNING, SUCCEEDED, TERMINAL, ServiceRequest
 from api.models import LedgerEntry
 from api.services import deals
 from api.services.accounts import account_release
@@ -32,6 +33,7 @@ from api.services.requests import (
     request_expire,
     request_fail,
     request_requeue,
+    transition,
 )
 from executor import liveness
 from executor.jobs import settle, settle_and_move_on
@@ -62,7 +64,7 @@ RETRY_BACKOFF_MAX = 60.0
 def sweep() -> Counter:
     """One pass of every sweep; returns the repairs made, by reason."""
     repaired = Counter()
-    for step in (sweep_running, sweep_failed_jobs, sweep_queued, sweep_holds):
+    for step in (sweep_running, sweep_failed_jobs, sweep_queued, sweep_holds, sweep_expired):
         repaired.update(step())
     for reason, count in repaired.items():
         REPAIRED.labels(reason=reason).inc(count)
@@ -226,6 +228,33 @@ def sweep_holds() -> Counter:
             else:
                 settle(request)
             repaired["hold_settled"] += 1
+    return repaired
+
+
+# --- expiration -----------------------------------------------------------------------------
+
+
+def sweep_expired() -> Counter:
+    """Succeeded requests past their `expires_at`: `expired`, results purged, metadata (and
+    the charge) kept. Deal children keep theirs: their deal's results hold the outputs."""
+    repaired = Counter()
+    at = now()
+    done = (
+        ServiceRequest.objects(status=SUCCEEDED, expires_at__lt=at, parent=None)
+        .only("id")
+        .order_by("status", "expires_at")
+        .limit(BATCH)
+    )
+    for doc in done:
+        purged = transition(
+            doc.id,
+            from_status=SUCCEEDED,
+            to_status=EXPIRED,
+            note="recon: results purged after expiration",
+            results=[],
+        )
+        if purged is not None:
+            repaired["results_purged"] += 1
     return repaired
 
 

@@ -188,3 +188,19 @@ def test_sweeps_read_only_the_stuck_requests(alice_api, greet_offer):
         pytest.skip("this MongoDB server's explain does not report documents examined")
     assert stats["totalDocsExamined"] <= 1
     assert sweeps.sweep() == {"job_missing": 1}
+
+
+def test_results_past_their_expiration_are_purged_and_the_charge_stands(
+    alice, alice_api, make_offer
+):
+    make_offer("text", "brief", prompt_template="{x}", price=2, expiration=60)
+    created = submit(alice_api, "/svc/text/brief/", {"x": 1})
+    run_worker()
+    assert sweeps.sweep_expired() == {}  # not yet past
+    age(created["id"], 120, "expires_at")
+    assert sweeps.sweep_expired() == {"results_purged": 1}
+    assert sweeps.sweep_expired() == {}
+    done = ServiceRequest.objects.get(id=created["id"])
+    assert done.status == "expired" and done.results == [] and done.inputs == {"x": 1}
+    assert done.finished_at is not None and "purged" in done.events[-1]["note"]
+    assert kinds(created["id"]) == ["capture", "hold"] and account(alice) == (998, 0)
