@@ -83,15 +83,7 @@ def sweep_running() -> Counter:
     overdue_before = at - timedelta(
         seconds=settings.SVC_JOB_TIMEOUT + JOB_TIMEOUT_MARGIN + DEADLINE_GRACE
     )
-    candidates = (
-        ServiceRequest.objects(
-            status=RUNNING, kind="offer", started_at__lt=at - timedelta(seconds=liveness.DEAD_AFTER)
-        )
-        .only("id", "worker", "started_at", "attempts", "queue", "parent")
-        .order_by("status", "started_at")
-        .limit(BATCH)
-    )
-    for doc in candidates:
+    for doc in running_candidates(at):
         dead = doc.worker not in live
         overdue = doc.started_at < overdue_before
         if not (dead or overdue) or not _claim(doc.id, RUNNING):
@@ -149,14 +141,7 @@ def sweep_failed_jobs() -> Counter:
 def sweep_queued() -> Counter:
     repaired = Counter()
     at = now()
-    stuck = list(
-        ServiceRequest.objects(
-            status=QUEUED,
-            created_at__lt=at - timedelta(seconds=settings.SVC_RECON_QUEUED_GRACE),
-        )
-        .order_by("status", "created_at")
-        .limit(BATCH)
-    )
+    stuck = list(queued_candidates(at))
     waiting = []
     for doc in stuck:
         if doc.kind == "deal":
@@ -239,13 +224,7 @@ def sweep_expired() -> Counter:
     the charge) kept. Deal children keep theirs: their deal's results hold the outputs."""
     repaired = Counter()
     at = now()
-    done = (
-        ServiceRequest.objects(status=SUCCEEDED, expires_at__lt=at, parent=None)
-        .only("id")
-        .order_by("status", "expires_at")
-        .limit(BATCH)
-    )
-    for doc in done:
+    for doc in expired_candidates(at):
         purged = transition(
             doc.id,
             from_status=SUCCEEDED,
@@ -256,6 +235,48 @@ def sweep_expired() -> Counter:
         if purged is not None:
             repaired["results_purged"] += 1
     return repaired
+
+
+# --- what the sweeps read: always through an index led by status --------------------------
+# (The hints name the index: the embedded MongoDB's planner scans the collection otherwise.)
+
+STATUS_CREATED = [("status", 1), ("created_at", 1)]
+STATUS_EXPIRES = [("status", 1), ("expires_at", 1)]
+
+
+def running_candidates(at):
+    """Offer requests running since before an executor could be declared dead."""
+    return (
+        ServiceRequest.objects(
+            status=RUNNING, kind="offer", started_at__lt=at - timedelta(seconds=liveness.DEAD_AFTER)
+        )
+        .only("id", "worker", "started_at", "attempts", "queue", "parent")
+        .hint(STATUS_CREATED)
+        .limit(BATCH)
+    )
+
+
+def queued_candidates(at):
+    """Requests queued for longer than the grace period, oldest first."""
+    return (
+        ServiceRequest.objects(
+            status=QUEUED, created_at__lt=at - timedelta(seconds=settings.SVC_RECON_QUEUED_GRACE)
+        )
+        .hint(STATUS_CREATED)
+        .order_by("status", "created_at")
+        .limit(BATCH)
+    )
+
+
+def expired_candidates(at):
+    """Top-level requests that succeeded and are past their expiration."""
+    return (
+        ServiceRequest.objects(status=SUCCEEDED, expires_at__lt=at, parent=None)
+        .only("id")
+        .hint(STATUS_EXPIRES)
+        .order_by("status", "expires_at")
+        .limit(BATCH)
+    )
 
 
 # --- claims ---------------------------------------------------------------------------------

@@ -161,33 +161,42 @@ def test_a_deal_whose_intake_stopped_half_way_fails_and_is_released(alice, alice
     assert account(alice) == (1000, 0)
 
 
-def test_sweeps_read_only_the_stuck_requests(alice_api, greet_offer):
-    """The sweeps' queries are bounded by status: finished history is never read."""
-    at = now()
-    finished = [
-        ServiceRequest(
-            id=f"done-{i}",
-            dedupe_key=f"done-{i}",
-            user_id=alice_api.user.pk,
-            service="text",
-            action="greet",
-            status="succeeded",
-            created_at=at - timedelta(hours=1),
-            started_at=at - timedelta(hours=1),
-            finished_at=at - timedelta(hours=1),
-        )
-        for i in range(2000)
-    ]
-    ServiceRequest.objects.insert(finished, load_bulk=False)
-    stuck = submit(alice_api, GREET, {"name": "Ada", "place": "P"})
-    lose_job(stuck["id"])
+def test_a_sweep_over_100_000_finished_requests_reads_only_the_10_stuck(alice_api, greet_offer):
+    """The sweeps' queries are bounded by status (+ a timestamp): history is never read."""
     collection = ServiceRequest._get_collection()
-    examined = collection.find({"status": "queued", "created_at": {"$lt": now()}}).explain()
-    stats = examined.get("executionStats", {})
-    if "totalDocsExamined" not in stats:
-        pytest.skip("this MongoDB server's explain does not report documents examined")
-    assert stats["totalDocsExamined"] <= 1
-    assert sweeps.sweep() == {"job_missing": 1}
+    long_ago = now() - timedelta(days=1)
+    for batch in range(20):
+        collection.insert_many(
+            [
+                {
+                    "_id": f"done-{batch}-{i}",
+                    "dedupe_key": f"done-{batch}-{i}",
+                    "user_id": alice_api.user.pk,
+                    "service": "text",
+                    "action": "greet",
+                    "status": "succeeded",
+                    "created_at": long_ago,
+                    "started_at": long_ago,
+                    "finished_at": long_ago,
+                }
+                for i in range(5000)
+            ],
+            ordered=False,
+        )
+    stuck = [submit(alice_api, GREET, {"name": f"n{i}", "place": "P"})["id"] for i in range(10)]
+    for request_id in stuck:
+        lose_job(request_id)
+    at = now()
+    for candidates in (
+        sweeps.queued_candidates(at),
+        sweeps.running_candidates(at),
+        sweeps.expired_candidates(at),
+    ):
+        stats = candidates.explain().get("executionStats", {})
+        if "totalDocsExamined" not in stats:
+            pytest.skip("this MongoDB server's explain does not report documents examined")
+        assert stats["totalDocsExamined"] <= 10, stats
+    assert sweeps.sweep() == {"job_missing": 10}
 
 
 def test_results_past_their_expiration_are_purged_and_the_charge_stands(
