@@ -161,11 +161,15 @@ def test_a_deal_whose_intake_stopped_half_way_fails_and_is_released(alice, alice
     assert account(alice) == (1000, 0)
 
 
-def test_a_sweep_over_100_000_finished_requests_reads_only_the_10_stuck(alice_api, greet_offer):
-    """The sweeps' queries are bounded by status (+ a timestamp): history is never read."""
+def test_a_sweep_over_20_000_finished_requests_reads_only_the_10_stuck(alice_api, greet_offer):
+    """The sweeps' queries are bounded by status (+ a timestamp): history is never read.
+
+    20,000 rather than the issue's 100,000: the count examined does not grow with history
+    either way (it is 0 here), and 100,000 inserts slow the embedded server for the tests
+    that follow."""
     collection = ServiceRequest._get_collection()
     long_ago = now() - timedelta(days=1)
-    for batch in range(20):
+    for batch in range(4):
         collection.insert_many(
             [
                 {
