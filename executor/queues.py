@@ -1,7 +1,7 @@
 """RQ queues on the one Redis connection; the API enqueues by job path, never importing handlers."""
 
 import logging
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 
 import redis
@@ -10,6 +10,9 @@ from rq import Queue
 from rq.command import send_stop_job_command
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
+from rq.registry import DeferredJobRegistry, ScheduledJobRegistry
+
+from executor import liveness
 
 logger = logging.getLogger(__name__)
 
@@ -79,20 +82,62 @@ def enqueue_request(*, request_id: str, queue: str, delay: float = 0) -> None:
         get_queue(queue).enqueue(RUN_REQUEST_JOB, request_id, **options)
 
 
-# RQ job states in which the job will still run (or runs now).
-LIVE_JOB_STATES = frozenset({b"queued", b"scheduled", b"deferred", b"started"})
+def live_jobs(job_ids: list[str], *, started_within: float) -> set[str]:
+    """Those of `job_ids` whose RQ job will run, or runs now, by what Redis really holds.
 
-
-def live_jobs(job_ids: list[str]) -> set[str]:
-    """Those of `job_ids` whose RQ job exists and will run or runs now (one round trip)."""
+    A job's status alone can lie after Redis lost its last writes (a kill -9 between AOF
+    fsyncs) or an executor dropped a job it had just popped (Redis went away mid-dequeue): the
+    hash says `queued` while no queue holds the id. So: `queued` counts only while its queue
+    lists it, `scheduled`/`deferred` while their registry holds it, `started` while its
+    executor beats and started it less than `started_within` seconds ago (a request still
+    queued in MongoDB that long after its job started was dropped). Two round trips.
+    """
     connection = redis_connection()
+    fields = ("status", "origin", "worker_name", "started_at")
     with connection.pipeline(transaction=False) as pipe:
         for job_id in job_ids:
-            pipe.hget(Job.key_for(job_id), "status")
-        states = pipe.execute()
-    return {
-        job_id for job_id, state in zip(job_ids, states, strict=True) if state in LIVE_JOB_STATES
-    }
+            pipe.hmget(Job.key_for(job_id), fields)
+        jobs = [
+            dict(zip(fields, (v.decode() if v else "" for v in values), strict=True))
+            for values in pipe.execute()
+        ]
+    executors = liveness.live(connection)
+    started_after = datetime.now(UTC) - timedelta(seconds=started_within)
+    alive, checks = set(), []
+    for job_id, job in zip(job_ids, jobs, strict=True):
+        status, origin = job["status"], job["origin"]
+        if status == "started":
+            if job["worker_name"] in executors and _parse_time(job["started_at"]) > started_after:
+                alive.add(job_id)
+        elif status in _WAITING_IN and origin:
+            checks.append((job_id, _WAITING_IN[status].format(origin)))
+    if checks:
+        with connection.pipeline(transaction=False) as pipe:
+            for job_id, key in checks:
+                if key.startswith(Queue.redis_queue_namespace_prefix):
+                    pipe.lpos(key, job_id)
+                else:
+                    pipe.zscore(key, job_id)
+            found = pipe.execute()
+        alive.update(
+            job_id for (job_id, _), at in zip(checks, found, strict=True) if at is not None
+        )
+    return alive
+
+
+# Where a job that waits to run sits, by its status: its queue's list or a registry.
+_WAITING_IN = {
+    "queued": Queue.redis_queue_namespace_prefix + "{}",
+    "scheduled": ScheduledJobRegistry.key_template,
+    "deferred": DeferredJobRegistry.key_template,
+}
+
+
+def _parse_time(value: str) -> datetime:
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)
 
 
 def cancel_job(job_id: str) -> None:

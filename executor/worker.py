@@ -32,6 +32,8 @@ DEQUEUE_POLL_SECONDS = 2
 SLOT_WAIT_SECONDS = 1
 # Seconds after a stop signal during which another signal is taken as the same request.
 FORCE_STOP_DEBOUNCE_SECONDS = 1.0
+# Seconds the loop pauses after Redis did not answer, before it tries again.
+REDIS_LOST_PAUSE_SECONDS = 1.0
 # Default seconds in-flight jobs get to finish after a stop request before they are handed back.
 DEFAULT_SHUTDOWN_GRACE = 25
 
@@ -70,19 +72,31 @@ class ConcurrentWorker(SimpleWorker):
         return len(self._inflight)
 
     # Redis going away for a moment (a restart, a failover) must not end the process: RQ's
-    # dequeue waits and reconnects; its bookkeeping writes in the loop would otherwise raise
-    # out of `work()` and stop the executor. Jobs lost meanwhile are recon's to re-enqueue.
-    def heartbeat(self, *args, **kwargs):
+    # dequeue waits and reconnects, but its other Redis calls in the loop (suspension check,
+    # maintenance, heartbeats, state) would raise out of `work()` and stop the executor. Jobs
+    # lost meanwhile are recon's to re-enqueue (executor/queues.py: live_jobs).
+    def _riding_out(self, what: str, call, *args, **kwargs):
         try:
-            return super().heartbeat(*args, **kwargs)
+            return call(*args, **kwargs)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self.log.warning("Worker %s: heartbeat failed (%s); going on", self.name, exc)
+            self.log.warning("Worker %s: %s failed (%s); going on", self.name, what, exc)
+            return None
+
+    def heartbeat(self, *args, **kwargs):
+        return self._riding_out("heartbeat", super().heartbeat, *args, **kwargs)
 
     def set_state(self, *args, **kwargs):
+        return self._riding_out("recording its state", super().set_state, *args, **kwargs)
+
+    def run_maintenance_tasks(self) -> None:
+        self._riding_out("maintenance", super().run_maintenance_tasks)
+
+    def check_for_suspension(self, burst: bool) -> None:
         try:
-            return super().set_state(*args, **kwargs)
+            super().check_for_suspension(burst)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
-            self.log.warning("Worker %s: state not recorded (%s); going on", self.name, exc)
+            self.log.warning("Worker %s: suspension check failed (%s); going on", self.name, exc)
+            time.sleep(REDIS_LOST_PAUSE_SECONDS)  # the dequeue then waits for Redis itself
 
     # Liveness for recon (executor/liveness.py): a beat every few seconds from its own thread.
     def register_birth(self) -> None:
@@ -137,7 +151,12 @@ class ConcurrentWorker(SimpleWorker):
             return super().dequeue_job_and_maintain_ttl(None, max_idle_time)
         idle_since = time.monotonic()
         while not self._stop_requested:
-            result = super().dequeue_job_and_maintain_ttl(timeout, DEQUEUE_POLL_SECONDS)
+            try:
+                result = super().dequeue_job_and_maintain_ttl(timeout, DEQUEUE_POLL_SECONDS)
+            except redis.TimeoutError as exc:  # RQ waits out refused connections, not timeouts
+                self.log.warning("Worker %s: dequeue timed out (%s); going on", self.name, exc)
+                time.sleep(REDIS_LOST_PAUSE_SECONDS)
+                continue
             if result is not None:
                 return result
             if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:

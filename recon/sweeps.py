@@ -158,7 +158,11 @@ def sweep_queued() -> Counter:
             continue  # backing off after its executor died
         else:
             waiting.append(doc)
-    alive = live_jobs([doc.id for doc in waiting]) if waiting else set()
+    alive = (
+        live_jobs([doc.id for doc in waiting], started_within=settings.SVC_RECON_QUEUED_GRACE)
+        if waiting
+        else set()
+    )
     for doc in waiting:
         note = "recon: enqueued again" if doc.retry_at else "recon: its job was missing"
         if doc.id in alive or not _claim(doc.id, QUEUED, note=note):

@@ -1,14 +1,19 @@
-"""Store outages: a stopped MongoDB server (real processes) and a job RQ failed (in-process)."""
+"""Store outages: a stopped MongoDB server, a Redis killed (real processes); a job RQ failed and
+an executor whose Redis is gone (in-process)."""
 
 import json
 import time
 
 import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from api.documents import ServiceRequest
 from api.models import Account, LedgerEntry
 from api.services.requests import request_start
-from executor.queues import RUN_REQUEST_JOB, get_queue
+from executor.queues import RUN_REQUEST_JOB, get_queue, redis_connection
+from executor.worker import ConcurrentWorker
 from marketplace import embedded
 from recon import sweeps
 from tests.helpers import run_worker, submit
@@ -168,3 +173,19 @@ def test_a_redis_killed_under_load_loses_nothing_accepted(tmp_path):
         for running in (server, restarted):
             if running is not None:
                 running.stop()
+
+
+def test_an_executor_whose_redis_is_gone_keeps_its_loop_going():
+    """Every Redis call of RQ's main loop outside the dequeue (which waits by itself) is ridden
+    out: without that, the first refused connection ends `work()` and the executor exits."""
+    worker = ConcurrentWorker(["svc-local"], connection=redis_connection(), concurrency=2)
+    gone = redis.Redis(port=embedded.free_port(), retry=Retry(NoBackoff(), 0))
+    worker.connection = gone
+    for queue in worker.queues:
+        queue.connection = gone
+    worker.check_for_suspension(burst=False)
+    worker.run_maintenance_tasks()
+    worker.heartbeat()
+    worker.set_state("idle")
+    with pytest.raises(redis.ConnectionError):  # the fixture is real: Redis does refuse
+        gone.ping()

@@ -79,6 +79,54 @@ def test_two_recons_repair_a_lost_job_once(alice_api, greet_offer):
     assert queued_job_ids() == [created["id"]]
 
 
+def test_a_job_popped_from_its_queue_but_never_started_is_enqueued_again(alice_api, greet_offer):
+    """Its hash still says `queued` (Redis lost the executor's next write, or the executor lost
+    Redis right after the pop): no queue lists it, so it is missing."""
+    created = submit(alice_api, GREET, {"name": "Ada", "place": "P"})
+    get_queue("svc-local").pop_job_id()
+    assert queued_job_ids() == []
+    assert redis_connection().hget(f"rq:job:{created['id']}", "status") == b"queued"
+    assert sweeps.sweep_queued() == {"job_missing": 1}
+    assert queued_job_ids() == [created["id"]]
+    run_worker()
+    assert ServiceRequest.objects.get(id=created["id"]).status == "succeeded"
+
+
+def started_in_rq(request_id: str, worker: str, seconds_ago: float) -> None:
+    """What an executor leaves once it took the job, before the request itself starts."""
+    get_queue("svc-local").remove(request_id)
+    at = now() - timedelta(seconds=seconds_ago)
+    redis_connection().hset(
+        f"rq:job:{request_id}",
+        mapping={
+            "status": "started",
+            "worker_name": worker,
+            "started_at": at.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
+        },
+    )
+
+
+@pytest.mark.parametrize(
+    ("beating", "seconds_ago", "repaired"),
+    [
+        (True, 1, {}),  # in the executor's hands (waiting for a resource slot, say)
+        (True, 120, {"job_missing": 1}),  # started long ago, request never began: dropped
+        (False, 1, {"job_missing": 1}),  # its executor is gone
+    ],
+)
+def test_a_job_started_in_rq_counts_while_its_executor_beats_and_it_is_recent(
+    alice_api, greet_offer, settings, beating, seconds_ago, repaired
+):
+    settings.SVC_RECON_QUEUED_GRACE = 30
+    created = submit(alice_api, GREET, {"name": "Ada", "place": "P"})
+    age(created["id"], 60, "created_at")
+    if beating:
+        liveness.beat(redis_connection(), "exec-1")
+    started_in_rq(created["id"], "exec-1", seconds_ago)
+    assert sweeps.sweep_queued() == repaired
+    assert (queued_job_ids() == [created["id"]]) == bool(repaired)
+
+
 def test_a_request_whose_executor_died_runs_again_and_is_charged_once(
     alice, alice_api, greet_offer
 ):
