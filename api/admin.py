@@ -7,7 +7,7 @@ from django.contrib import admin
 from django.db.models import Count
 from django.utils.html import format_html, format_html_join
 
-from api.models import ServiceHandler, ServiceOffer
+from api.models import ServiceHandler, ServiceOffer, fallbacks_without_rows
 from api.prompt_templates import TemplateError
 from executor.handlers import all_handlers
 
@@ -75,11 +75,29 @@ class ServiceOfferForm(forms.ModelForm):
             "expiration",
             "description",
             "is_active",
+            "max_retries",
+            "fallbacks",
+            "credentials",
         ]
         widgets = {
             "prompt_template": forms.Textarea(attrs={"rows": 4}),
             "params": forms.Textarea(attrs={"rows": 4}),
+            "fallbacks": forms.Textarea(attrs={"rows": 3}),
         }
+
+    def clean_fallbacks(self):
+        fallbacks = self.cleaned_data.get("fallbacks")
+        if fallbacks is None:  # an empty box: no fallbacks
+            return []
+        if not isinstance(fallbacks, list):
+            raise forms.ValidationError('fallbacks must be a JSON list, e.g. ["http.post"]')
+        rows = set(ServiceHandler.objects.values_list("id", flat=True))
+        missing = [h for h in fallbacks_without_rows(fallbacks, rows) if h in all_handlers()]
+        if missing:
+            raise forms.ValidationError(
+                f"add a service handler for {', '.join(missing)} first (its credits)"
+            )
+        return fallbacks
 
     def clean_params(self):
         params = self.cleaned_data.get("params")
@@ -128,6 +146,10 @@ class ServiceOfferAdmin(admin.ModelAdmin):
                 },
             ),
             ("Pricing and results", {"fields": ["price", "create_qty", "expiration"]}),
+            (
+                "Resilience: retries, fallbacks, credentials",
+                {"fields": ["max_retries", "fallbacks", "credentials"]},
+            ),
             (None, {"fields": ["description", "is_active"]}),
         ]
 
@@ -151,5 +173,5 @@ class ServiceOfferAdmin(admin.ModelAdmin):
         return format_html("{}<br>example body: <code>{}</code>", names, example)
 
 
-# Accounts, ledger and usage; deals with their offers and add-ons.
-from api import admin_accounts, admin_deals  # noqa: E402,F401
+# Accounts, ledger and usage; deals with their offers and add-ons; circuit breakers.
+from api import admin_accounts, admin_breakers, admin_deals  # noqa: E402,F401

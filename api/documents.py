@@ -41,6 +41,17 @@ class ServiceRequest(Document):
     price = IntField(default=0)
     resource = StringField()
     handler_credits = IntField(default=0)  # integration credits per handler call
+    # Resilience (issue 8), also snapshotted: retries per call (None: the resource's default),
+    # the credential set overriding the handler's default, and the fallbacks in order, each
+    # {"handler", "params", "credentials", "credits", "resource"}.
+    max_retries = IntField(null=True)
+    credentials = StringField()
+    fallbacks = ListField(DictField())
+    # The handler whose results the request holds (the offer's, or a fallback), and how many
+    # upstream tries its calls took in all (a failed try is counted when it fails, the
+    # others when the request succeeds). `attempts` counts executor runs (recon's measure).
+    handler_used = StringField()
+    tries = IntField(default=0)
     queue = StringField()
     inputs = DictField()
     prompt = StringField()

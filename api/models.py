@@ -1,6 +1,8 @@
 """Catalog (handlers, offers, deals) and client accounts. Requests live in MongoDB
 (api/documents.py)."""
 
+import re
+
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
@@ -38,6 +40,84 @@ def validate_prompt_template(value: str) -> None:
 def validate_params(value) -> None:
     if not isinstance(value, dict):
         raise ValidationError("params must be a JSON object")
+
+
+# Most fallback handlers an offer may list: each one is tried in turn, after the primary's
+# retries, so a long list mostly lengthens an outage's failures.
+MAX_FALLBACKS = 3
+# Most retries an offer may ask for per call (executor/resilience.py MAX_RETRIES_LIMIT).
+MAX_RETRIES = 10
+FALLBACK_KEYS = ("handler", "params", "credentials")
+
+
+def validate_credential_name(value: str) -> None:
+    """A credential set of the active `service_map` config (executor/credentials.py)."""
+    from executor import credentials
+
+    if not value:
+        return
+    if not re.fullmatch(credentials.NAME_PATTERN, value):
+        raise ValidationError(f"{value!r} is not a credential set name (letters, digits, . _ -)")
+    known = credentials.credential_sets()
+    if value not in known:
+        names = ", ".join(sorted(known)) or "none"
+        raise ValidationError(
+            f"no credential set {value!r} in the active service_map config (sets: {names}); "
+            "add it with `manage.py config upload` first"
+        )
+
+
+def validate_fallbacks(value) -> None:
+    """A list of handler ids or {handler, params?, credentials?} mappings (see normalized)."""
+    if not isinstance(value, list):
+        raise ValidationError('fallbacks must be a JSON list, e.g. ["http.post"]')
+    if len(value) > MAX_FALLBACKS:
+        raise ValidationError(f"at most {MAX_FALLBACKS} fallbacks")
+    for index, entry in enumerate(value):
+        _check_fallback(f"fallbacks[{index}]", entry)
+
+
+def _check_fallback(where: str, entry) -> None:
+    if isinstance(entry, str):
+        entry = {"handler": entry}
+    if not isinstance(entry, dict):
+        raise ValidationError(
+            f"{where}: a handler id or a mapping with handler, params, credentials"
+        )
+    unknown = sorted(set(entry) - set(FALLBACK_KEYS))
+    if unknown:
+        raise ValidationError(f"{where}: unknown keys {', '.join(unknown)}")
+    handler_id = entry.get("handler")
+    if not isinstance(handler_id, str) or not handler_id:
+        raise ValidationError(f"{where}: handler is required")
+    try:
+        validate_handler_id(handler_id)
+    except ValidationError as exc:
+        raise ValidationError(f"{where}: {exc.messages[0]}") from None
+    if "params" in entry and not isinstance(entry["params"], dict):
+        raise ValidationError(f"{where}: params must be a JSON object")
+    if "credentials" in entry:
+        if not isinstance(entry["credentials"], str):
+            raise ValidationError(f"{where}: credentials must be a credential set name")
+        try:
+            validate_credential_name(entry["credentials"])
+        except ValidationError as exc:
+            raise ValidationError(f"{where}: {exc.messages[0]}") from None
+
+
+def fallbacks_without_rows(value, defined: set) -> list[str]:
+    """Fallback handler ids that have no ServiceHandler row among `defined` (their credits
+    would be unknown). Checked where the rows are known: the admin form, catalog import."""
+    entries = normalized_fallbacks(value) if isinstance(value, list) else []
+    ids = [e.get("handler") for e in entries if isinstance(e, dict)]
+    return [h for h in ids if isinstance(h, str) and h and h not in defined]
+
+
+def normalized_fallbacks(value) -> list:
+    """Fallbacks as mappings ("http.post" → {"handler": "http.post"}); invalid ones as given."""
+    if not isinstance(value, list):
+        return value
+    return [{"handler": entry} if isinstance(entry, str) else entry for entry in value]
 
 
 class ServiceHandler(models.Model):
@@ -90,6 +170,29 @@ class ServiceOffer(models.Model):
     )
     description = models.CharField(max_length=200, blank=True)
     is_active = models.BooleanField(default=True, help_text="Inactive offers answer 404")
+    max_retries = models.PositiveSmallIntegerField(
+        null=True,
+        blank=True,
+        validators=[MaxValueValidator(MAX_RETRIES)],
+        help_text="Retries per call after a retryable upstream failure (timeout, connection "
+        "error, 429, 5xx); empty: the resource's default (resource map max_retries, else 2)",
+    )
+    fallbacks = models.JSONField(
+        default=list,
+        blank=True,
+        validators=[validate_fallbacks],
+        help_text="Handlers tried in order when this one's breaker is open or its retries are "
+        'spent, e.g. ["http.post"] or [{"handler": "openai.chat", "credentials": "backup", '
+        "\"params\": {...}}] (params default to the offer's); charged the offer's price",
+    )
+    credentials = models.CharField(
+        max_length=64,
+        blank=True,
+        default="",
+        validators=[validate_credential_name],
+        help_text="A credential set of the service_map config overriding the handler's "
+        "default (e.g. a second account of the same provider); empty: the handler's",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -109,6 +212,40 @@ class ServiceOffer(models.Model):
         # Field validators skip "empty" values such as [] or None; params must be an object.
         if not isinstance(self.params, dict):
             raise ValidationError({"params": "params must be a JSON object"})
+        if not isinstance(self.fallbacks, list):
+            raise ValidationError(
+                {"fallbacks": 'fallbacks must be a JSON list, e.g. ["http.post"]'}
+            )
+        self.fallbacks = normalized_fallbacks(self.fallbacks)
+        primary = {"handler": self.handler_id}
+        if any(entry == primary for entry in self.fallbacks):
+            raise ValidationError(
+                {
+                    "fallbacks": "a fallback that is the offer's own handler with the same params "
+                    "and credentials would only repeat it; give it other credentials or params"
+                }
+            )
+
+    def fallback_routes(self) -> list[dict]:
+        """The fallbacks as the executor needs them (snapshotted on each request): handler,
+        params (the offer's unless the entry has its own), credentials, credits, resource."""
+        from executor.queues import route_for_handler
+
+        entries = normalized_fallbacks(self.fallbacks or [])
+        if not entries:
+            return []
+        ids = [entry["handler"] for entry in entries]
+        credits = dict(ServiceHandler.objects.filter(id__in=ids).values_list("id", "credits"))
+        return [
+            {
+                "handler": entry["handler"],
+                "params": entry.get("params", self.params or {}),
+                "credentials": entry.get("credentials") or None,
+                "credits": credits.get(entry["handler"], 0),
+                "resource": route_for_handler(entry["handler"])[0],
+            }
+            for entry in entries
+        ]
 
     @property
     def inputs(self) -> list[str]:
@@ -325,3 +462,17 @@ class ServiceDealAddon(models.Model):
 
     def step(self) -> deal_rules.Step:
         return deal_rules.Step(str(self.offer), self.offer.prompt_template)
+
+
+class CircuitBreaker(models.Model):
+    """No table: gives the admin index a "Circuit breakers" page (api/admin_breakers.py)
+    showing each resource's breaker, whose state lives in Redis (executor/breaker.py)."""
+
+    class Meta:
+        managed = False  # no table: migrations record the model's state only
+        default_permissions = ("view",)  # read-only: breakers move by themselves
+        verbose_name = "circuit breaker"
+        verbose_name_plural = "circuit breakers"
+
+    def __str__(self) -> str:
+        return f"circuit breaker {self.pk}"

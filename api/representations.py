@@ -27,6 +27,8 @@ def request_repr(request: ServiceRequest, children: list[ServiceRequest] | None 
         "results": list(request.results),
         "error": request.error or None,
         "attempts": request.attempts,
+        "tries": request.tries or 0,
+        "handler_used": request.handler_used if request.status == "succeeded" else None,
         "created_at": iso(request.created_at),
         "started_at": iso(request.started_at),
         "finished_at": iso(request.finished_at),

@@ -5,7 +5,8 @@ returns every problem as "path: message"; [] means valid. Known names:
 
     api          intake_rate ("600/min", DRF's syntax), max_body_bytes (bytes)
     service_map  resource_map: the executor's resource map ({resources: {...}}, checked by
-                 executor/resources.py itself); handlers: {<registered handler id>: settings}
+                 executor/resources.py itself); credentials: {<name>: {kind, ~secrets…}}
+                 (executor/credentials.py); handlers: {<registered handler id>: settings}
 """
 
 import re
@@ -70,6 +71,24 @@ def _mapping(value) -> str | None:
     return None if isinstance(value, dict) else "must be a mapping"
 
 
+def _seconds_below_job_timeout(value) -> str | None:
+    from django.conf import settings
+
+    number = isinstance(value, int | float) and not isinstance(value, bool)
+    limit = settings.SVC_JOB_TIMEOUT
+    if not number or not 0 < value < limit:
+        return f"must be a number of seconds above 0 and below SVC_JOB_TIMEOUT ({limit})"
+    return None
+
+
+def _credential_name(value) -> str | None:
+    from executor.credentials import NAME_PATTERN
+
+    if isinstance(value, str) and re.fullmatch(NAME_PATTERN, value):
+        return None
+    return "must be a credential set name (letters, digits, . _ -)"
+
+
 def check_fields(where: tuple, mapping: dict, fields: dict[str, Field]) -> list[str]:
     """Problems of `mapping` against `fields`: unknown, missing, badly prefixed or bad values."""
     problems, given = [], set()
@@ -113,13 +132,24 @@ def _check_api(content: dict) -> list[str]:
 
 SERVICE_MAP_FIELDS = {
     "resource_map": Field(_mapping, required=True, prefixable=False),
+    "credentials": Field(_mapping, prefixable=False),
     "handlers": Field(_mapping, prefixable=False),
 }
-# Settings a handler takes from the service_map, by handler id. A registered handler not
-# listed takes none; a new handler with settings adds its entry here.
+# Settings every registered handler takes: its default credential set (a name under
+# `credentials:`) and the timeouts of one try (seconds; each below SVC_JOB_TIMEOUT).
+COMMON_HANDLER_SETTINGS = {
+    "credentials": Field(_credential_name, prefixable=False),
+    "timeouts": Field(_mapping, prefixable=False),
+}
+TIMEOUT_FIELDS = {
+    name: Field(_seconds_below_job_timeout, prefixable=False)
+    for name in ("connect", "read", "total")
+}
+# Settings a handler takes from the service_map besides the common ones, by handler id; a
+# new handler with settings adds its entry here.
 HANDLER_SETTINGS = {
     "openai.chat": {
-        "api_key": Field(_text, secret=True),
+        "api_key": Field(_text, secret=True),  # the older inline form of a credential set
         "base_url": Field(_url),
         "model": Field(_text),
     },
@@ -132,10 +162,35 @@ def _check_service_map(content: dict) -> list[str]:
         return problems
     problems += [f"resource_map: {p}" for p in _unprefixed(content["resource_map"])]
     problems += resource_map_problems(content["resource_map"])
-    return problems + _handler_problems(content.get("handlers") or {})
+    credentials = content.get("credentials") or {}
+    problems += _credential_problems(credentials)
+    return problems + _handler_problems(content.get("handlers") or {}, set(credentials))
 
 
-def _handler_problems(handlers: dict) -> list[str]:
+def _credential_problems(sets: dict) -> list[str]:
+    """Each set: a `kind` and exactly its fields, every secret one written `~name`."""
+    from executor.credentials import KINDS, OPTIONS
+
+    problems = []
+    for name, entry in sets.items():
+        here = ("credentials", name)
+        if _credential_name(name):
+            problems.append(f"{path_text(here)}: {_credential_name(name)}")
+        elif not isinstance(entry, dict):
+            problems.append(f"{path_text(here)}: must be a mapping with kind and its keys")
+        elif entry.get("kind") not in KINDS:
+            kinds = ", ".join(KINDS)
+            problems.append(f"{path_text((*here, 'kind'))}: required, one of {kinds}")
+        else:
+            kind = entry["kind"]
+            fields = {"kind": Field(lambda v: None, required=True, prefixable=False)}
+            fields |= {key: Field(_text, required=True, secret=True) for key in KINDS[kind]}
+            fields |= {key: Field(_text, prefixable=False) for key in OPTIONS.get(kind, ())}
+            problems += check_fields(here, entry, fields)
+    return problems
+
+
+def _handler_problems(handlers: dict, credential_names: set) -> list[str]:
     from executor.handlers import all_handlers  # imports every handler module: only when used
 
     registered = all_handlers()
@@ -147,11 +202,26 @@ def _handler_problems(handlers: dict) -> list[str]:
             problems.append(f"{path_text(here)}: no handler {key!r} is registered ({known})")
         elif not isinstance(settings, dict):
             problems.append(f"{path_text(here)}: must be a mapping of settings")
-        elif key not in HANDLER_SETTINGS and settings:
-            takes = ", ".join(HANDLER_SETTINGS)
-            problems.append(f"{path_text(here)}: takes no settings (handlers that do: {takes})")
         else:
-            problems += check_fields(here, settings, HANDLER_SETTINGS.get(key, {}))
+            fields = {**COMMON_HANDLER_SETTINGS, **HANDLER_SETTINGS.get(key, {})}
+            problems += check_fields(here, settings, fields)
+            problems += _handler_setting_problems(here, settings, credential_names)
+    return problems
+
+
+def _handler_setting_problems(here: tuple, settings: dict, credential_names: set) -> list[str]:
+    problems = []
+    name = settings.get("credentials")
+    if isinstance(name, str) and name not in credential_names:
+        known = ", ".join(sorted(credential_names)) or "none"
+        problems.append(
+            f"{path_text((*here, 'credentials'))}: no set {name!r} under credentials: ({known})"
+        )
+    if name and any(split_key(key)[0] == "api_key" for key in settings):
+        problems.append(f"{path_text(here)}: give either credentials or ~api_key, not both")
+    timeouts = settings.get("timeouts")
+    if isinstance(timeouts, dict):
+        problems += check_fields((*here, "timeouts"), timeouts, TIMEOUT_FIELDS)
     return problems
 
 

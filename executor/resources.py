@@ -52,9 +52,22 @@ RENEWALS_PER_TTL = 3
 RENEW_THREADS = 4
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
-_SETTINGS = ("max_concurrency", "budget", "period", "policy", "lease_ttl")
+# Retries and the circuit breaker of the resource's calls (executor/resilience.py, breaker.py);
+# absent keys take those modules' defaults.
+_RESILIENCE_SETTINGS = (
+    "max_retries",
+    "retry_backoff",
+    "retry_backoff_max",
+    "breaker_threshold",
+    "breaker_cooldown",
+    "breaker_policy",
+)
+_SETTINGS = ("max_concurrency", "budget", "period", "policy", "lease_ttl", *_RESILIENCE_SETTINGS)
+_SECONDS = ("lease_ttl", "retry_backoff", "retry_backoff_max", "breaker_cooldown")
+# Most retries a resource may ask for (executor/resilience.py MAX_RETRIES_LIMIT).
+_MAX_RETRIES_LIMIT = 10
 _POSITIVE_OR_NULL = "must be a positive integer or null"
-_CHOICES = {"period": tuple(PERIOD_SECONDS), "policy": POLICIES}
+_CHOICES = {"period": tuple(PERIOD_SECONDS), "policy": POLICIES, "breaker_policy": POLICIES}
 
 
 class ResourceMapError(Exception):
@@ -69,6 +82,14 @@ class Resource:
     period: str = "minute"
     policy: str = "wait"
     lease_ttl: float = 30.0
+    max_retries: int | None = None
+    retry_backoff: float | None = None
+    retry_backoff_max: float | None = None
+    breaker_threshold: int | None = None
+    breaker_cooldown: float | None = None
+    # While the breaker is open and the request has no fallback: fail it at once
+    # (`upstream_unavailable`) or wait (the request stays queued until the cool-down ends).
+    breaker_policy: str = "fail"
 
 
 @dataclass(frozen=True)
@@ -176,17 +197,23 @@ def _parse_resource(path: Path, name, settings) -> Resource:
         problem = _setting_problem(key, value)
         if problem:
             raise ResourceMapError(f"{where}: {key} {problem}, got {value!r}")
-    if "lease_ttl" in settings:
-        settings = {**settings, "lease_ttl": float(settings["lease_ttl"])}
-    return Resource(name, **settings)
+    seconds = {key: float(settings[key]) for key in _SECONDS if key in settings}
+    return Resource(name, **{**settings, **seconds})
 
 
 def _setting_problem(key, value) -> str | None:
     """Why `value` is not valid for the setting `key`, or None if it is."""
     if key in ("max_concurrency", "budget"):
         return None if value is None or _is_positive(value, int) else _POSITIVE_OR_NULL
-    if key == "lease_ttl":
+    if key in _SECONDS:
         return None if _is_positive(value, (int, float)) else "must be a positive number of seconds"
+    if key == "breaker_threshold":
+        return None if _is_positive(value, int) else "must be a positive integer"
+    if key == "max_retries":
+        valid = isinstance(value, int) and not isinstance(value, bool)
+        if valid and 0 <= value <= _MAX_RETRIES_LIMIT:
+            return None
+        return f"must be an integer from 0 to {_MAX_RETRIES_LIMIT}"
     if key in _CHOICES:
         if isinstance(value, str) and value in _CHOICES[key]:
             return None
@@ -351,12 +378,21 @@ def renew(grant: Grant, resource: Resource, connection=None) -> bool:
 def release(grant: Grant, *, refund: bool = False, connection=None) -> None:
     """Free the grant's slots; refund=True also returns its credits (the call was never made).
 
-    Idempotent: releasing again frees nothing more and never refunds twice.
+    Idempotent: releasing again frees nothing more and never refunds twice. With Redis away
+    it logs and returns: the lease expires by itself within `lease_ttl` (a refund is lost).
     """
-    _script(connection, RELEASE_LUA)(
-        keys=[_key(grant.resource, "leases"), _key(grant.resource, "released")],
-        args=[grant.lease_id, grant.slots, grant.credits, grant.period_key or "", int(refund)],
-    )
+    try:
+        _script(connection, RELEASE_LUA)(
+            keys=[_key(grant.resource, "leases"), _key(grant.resource, "released")],
+            args=[grant.lease_id, grant.slots, grant.credits, grant.period_key or "", int(refund)],
+        )
+    except redis.RedisError as exc:
+        logger.warning(
+            "lease not released resource=%s lease=%s (%s): it expires by itself",
+            grant.resource,
+            grant.lease_id,
+            exc,
+        )
 
 
 @contextlib.asynccontextmanager

@@ -1,8 +1,11 @@
 """POSTs to upstream HTTP services, with every failure turned into a client-safe `HandlerError`.
 
 Shared by the network handlers so they map timeouts, connection failures and bad answers the
-same way. Messages never carry credentials: header values and keys passed as `secrets` are
-redacted from anything the upstream says before it reaches the client or the logs.
+same way, and classify them for the executor's retries and circuit breaker
+(executor/routes.py): timeouts, connection errors, 429 (with its `Retry-After`) and 5xx are
+retryable; any other 4xx is a business error that fails at once. Messages never carry
+credentials: header values and keys passed as `secrets` are redacted from anything the
+upstream says before it reaches the client or the logs.
 """
 
 import asyncio
@@ -11,8 +14,8 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from executor import runtime
-from executor.handlers import HandlerError
+from executor import resilience, runtime
+from executor.handlers import HandlerCall, HandlerError, Timeouts
 
 # Longest piece of an upstream's own error text copied into a client-visible message.
 UPSTREAM_MESSAGE_LIMIT = 200
@@ -36,31 +39,80 @@ def timeout_param(params: dict, default: float) -> float:
     return float(value)
 
 
-async def post_json(url: str, *, payload, headers: dict, timeout: float) -> httpx.Response:
-    """POST `payload` as JSON; the whole exchange, body included, must finish within `timeout`."""
+def call_timeouts(call: HandlerCall, default: float) -> Timeouts:
+    """The call's timeouts (resolved by the executor), with `default` seconds in all when the
+    executor resolved none (a handler called directly, as in tests)."""
+    total = timeout_param(call.params, default)  # checks params.timeout in any case
+    timeouts = call.timeouts
+    if timeouts.total is None and timeouts.read is None:
+        return Timeouts(connect=timeouts.connect, read=total, total=total)
+    return timeouts
+
+
+async def post_json(
+    url: str,
+    *,
+    payload,
+    headers: dict,
+    timeout: float | None = None,
+    timeouts: Timeouts | None = None,
+    auth: tuple[str, str] | None = None,
+) -> httpx.Response:
+    """POST `payload` as JSON within `timeouts` (connect, read, and total: the whole exchange,
+    body included); `timeout` alone sets all three. Timeouts and connection failures raise
+    retryable errors."""
+    timeouts = timeouts or Timeouts(connect=timeout, read=timeout, total=timeout)
+    per_phase = httpx.Timeout(
+        timeouts.total or runtime.HTTP_TIMEOUT.read,
+        connect=timeouts.connect or runtime.HTTP_TIMEOUT.connect,
+        read=timeouts.read or timeouts.total or runtime.HTTP_TIMEOUT.read,
+    )
     try:
-        async with asyncio.timeout(timeout):
+        async with asyncio.timeout(timeouts.total):
             return await runtime.http_client().post(
-                url, json=payload, headers=headers, timeout=timeout
+                url, json=payload, headers=headers, timeout=per_phase, auth=auth
             )
     except (TimeoutError, httpx.TimeoutException):
-        raise HandlerError("upstream_timeout", f"the upstream did not answer within {timeout:g}s")
+        limit = f" within {timeouts.total:g}s" if timeouts.total else " in time"
+        raise HandlerError(
+            "upstream_timeout",
+            f"the upstream did not answer{limit}",
+            retryable=True,
+            reason="timeout",
+        ) from None
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         # The exception's class says enough; its text may quote the URL, which may hold secrets.
         raise HandlerError(
-            "upstream_unreachable", f"could not reach the upstream ({type(exc).__name__})"
-        )
+            "upstream_unreachable",
+            f"could not reach the upstream ({type(exc).__name__})",
+            retryable=True,
+            reason="unreachable",
+        ) from None
 
 
 def check_status(response: httpx.Response, *, secrets: Iterable[str] = ()) -> None:
-    """Raise upstream_error for a non-2xx answer, quoting the upstream's error message if any."""
+    """Raise upstream_error for a non-2xx answer, quoting the upstream's error message if any
+    (redacted): retryable for 429 (with its Retry-After) and 5xx; any other status is a
+    business error, not retried."""
     if response.is_success:
         return
-    message = f"the upstream answered HTTP {response.status_code}"
+    status = response.status_code
+    message = f"the upstream answered HTTP {status}"
     detail = upstream_error_detail(response)
     if detail:
         message += f": {redact(detail, secrets)[:UPSTREAM_MESSAGE_LIMIT]}"
-    raise HandlerError("upstream_error", message)
+    if status == 429:
+        raise HandlerError(
+            "upstream_error",
+            message,
+            retryable=True,
+            retry_after=resilience.parse_retry_after(response.headers.get("Retry-After")),
+            reason="429",
+        )
+    server_side = status >= 500
+    raise HandlerError(
+        "upstream_error", message, retryable=server_side, reason="5xx" if server_side else "4xx"
+    )
 
 
 def upstream_error_detail(response: httpx.Response) -> str:

@@ -262,11 +262,12 @@ def test_service_map_reuses_the_executors_resource_map_checks_and_knows_the_hand
         "got 0",
         "resource_map: resource 'http': policy must be one of wait, fail, got 'sometimes'",
         f"handlers.nope.none: no handler 'nope.none' is registered ({', '.join(all_handlers())})",
-        "handlers.local.echo: takes no settings (handlers that do: openai.chat)",
+        "handlers.local.echo.x: unknown key (known: credentials, timeouts)",
         "handlers.openai.chat.api_key: a secret: write it as ~api_key so it is stored encrypted",
         "handlers.openai.chat.base_url: must be an http(s) URL",
         "handlers.openai.chat.model: must be a non-empty string",
-        "handlers.openai.chat.extra: unknown key (known: api_key, base_url, model)",
+        "handlers.openai.chat.extra: unknown key"
+        " (known: credentials, timeouts, api_key, base_url, model)",
     ]
 
 

@@ -17,6 +17,7 @@ from api.services.catalog_items import (
     SECTIONS,
     ImportReport,
     Problem,
+    _check_fallback_rows,
     _export_row,
     _Item,
     _items,
@@ -55,7 +56,12 @@ OFFER_FIELDS = {
     "params": ("mapping", False),
     "description": ("string", False),
     "is_active": ("boolean", False),
+    "max_retries": ("integer or null", False),
+    "fallbacks": ("list", False),
+    "credentials": ("string", False),
 }
+# Offer fields exported only when set, so catalogs written before they existed export as before.
+OFFER_FIELDS_IF_SET = ("max_retries", "fallbacks", "credentials")
 
 
 # --- export ---------------------------------------------------------------------------------
@@ -69,7 +75,8 @@ def catalog_export() -> dict:
     return {
         "handlers": [_export_row(h, HANDLER_FIELDS) for h in ServiceHandler.objects.order_by("id")],
         "offers": [
-            _export_row(o, OFFER_FIELDS) for o in ServiceOffer.objects.order_by("service", "action")
+            _export_row(o, OFFER_FIELDS, if_set=OFFER_FIELDS_IF_SET)
+            for o in ServiceOffer.objects.order_by("service", "action")
         ],
         "deals": [_export_deal(deal) for deal in deals],
     }
@@ -152,6 +159,7 @@ def _plan_offers(items: list, file_handler_ids: set, report: ImportReport) -> li
                 continue
         if "handler" in values:
             _check_handler_ref(item, values["handler"], file_handler_ids | db_handler_ids)
+        _check_fallback_rows(item, values.get("fallbacks"), file_handler_ids | db_handler_ids)
         # The handler may exist only in this file so far: checked above, not by the model.
         planned.append(_plan(item, ServiceOffer, lookup, values, bad | {"handler"}))
     return planned

@@ -54,8 +54,15 @@ class ImportReport:
         )
 
 
-def _export_row(instance: models.Model, schema: dict) -> dict:
-    return {name: getattr(instance, _attname(instance, name)) for name in schema}
+def _export_row(instance: models.Model, schema: dict, if_set: tuple = ()) -> dict:
+    """The row's fields in schema order; those in `if_set` only when not their default
+    (None, "" or an empty list), so fields added later leave older files unchanged."""
+    row = {name: getattr(instance, _attname(instance, name)) for name in schema}
+    return {
+        name: value
+        for name, value in row.items()
+        if name not in if_set or value not in (None, "", [])  # 0 retries is a setting
+    }
 
 
 def _attname(model, name: str) -> str:
@@ -168,3 +175,17 @@ def _refuse_duplicate(item: _Item, key: Hashable, seen: dict) -> bool:
         return True
     seen[key] = f"{item.where} (line {item.line})" if item.line else item.where
     return False
+
+
+def _check_fallback_rows(item: _Item, fallbacks, defined: set) -> None:
+    """A fallback handler needs a handler row (its credits): in this file or the database."""
+    from api.models import fallbacks_without_rows
+    from executor.handlers import all_handlers
+
+    for handler_id in fallbacks_without_rows(fallbacks, defined):
+        if handler_id in all_handlers():  # an unregistered one is the model's to report
+            item.problem(
+                f"fallback handler {handler_id!r} is neither under handlers: in this file nor "
+                "in the database; add it under handlers:",
+                "fallbacks",
+            )

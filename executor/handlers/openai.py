@@ -3,8 +3,8 @@
 import os
 
 from configs import live
-from executor import upstream
-from executor.handlers import HandlerCall, HandlerError, handler
+from executor import credentials, upstream
+from executor.handlers import HandlerCall, HandlerError, Timeouts, handler
 
 # Where requests go when neither `params.base_url` nor OPENAI_BASE_URL says otherwise.
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
@@ -12,13 +12,16 @@ DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
 # Seconds a whole completion may take; chat models can be slow on long answers.
 DEFAULT_TIMEOUT = 60.0
+# Seconds to open a connection: an upstream that cannot even accept one is down.
+CONNECT_TIMEOUT = 10.0
 
 
-@handler
+@handler(timeouts=Timeouts(connect=CONNECT_TIMEOUT, read=DEFAULT_TIMEOUT, total=DEFAULT_TIMEOUT))
 async def chat(call: HandlerCall) -> str:
-    """One chat completion of the prompt. Model, base URL and key come from the offer's params,
-    else the active `service_map` config (`handlers: openai.chat: {~api_key, base_url,
-    model}`), else the environment (OPENAI_API_KEY, OPENAI_BASE_URL)."""
+    """One chat completion of the prompt. Model and base URL come from the offer's params, else
+    the active `service_map` config (`handlers: openai.chat: {credentials, base_url, model}`),
+    else the environment (OPENAI_BASE_URL); the key from the call's credential set (api_key),
+    else OPENAI_API_KEY."""
     params = call.params
     configured = live.section("service_map", "handlers", "openai.chat")
     model = params.get("model") or configured.get("model")
@@ -31,20 +34,32 @@ async def chat(call: HandlerCall) -> str:
         or DEFAULT_BASE_URL
     )
     url = upstream.check_url(base_url, param="base_url").rstrip("/") + "/chat/completions"
-    timeout = upstream.timeout_param(params, DEFAULT_TIMEOUT)
-    if params.get("api_key_env") or not configured.get("api_key"):
-        api_key = api_key_from_env(params.get("api_key_env") or DEFAULT_API_KEY_ENV)
-    else:
-        api_key = str(configured["api_key"]).strip()
-
+    timeouts = upstream.call_timeouts(call, DEFAULT_TIMEOUT)
+    api_key = chat_api_key(call)
     response = await upstream.post_json(
         url,
         payload=request_body(call, model),
-        timeout=timeout,
+        timeouts=timeouts,
         headers={"Authorization": f"Bearer {api_key}"},
     )
     upstream.check_status(response, secrets=[api_key])
     return completion_text(upstream.response_json(response))
+
+
+def chat_api_key(call: HandlerCall) -> str:
+    """`params.api_key_env` if the offer names one, else the call's credential set, else
+    OPENAI_API_KEY."""
+    given = call.credentials
+    if given is None:
+        given = credentials.resolve("openai.chat")
+    if call.params.get("api_key_env") or given.kind == "none":
+        return api_key_from_env(call.params.get("api_key_env") or DEFAULT_API_KEY_ENV)
+    if given.kind != "api_key":
+        raise HandlerError(
+            "missing_credentials",
+            f"openai.chat needs an api_key credential set; {given.name!r} is {given.kind}",
+        )
+    return given.get("api_key")
 
 
 def api_key_from_env(name: str) -> str:

@@ -16,3 +16,21 @@ def openai_stub():
 def json_stub():
     with JSONEchoStub() as stub:
         yield stub
+
+
+@pytest.fixture
+def flaky_stub():
+    """An upstream that fails as the test plans (tests/stubs/flaky.py)."""
+    from tests.stubs.flaky import FlakyStub
+
+    with FlakyStub() as stub:
+        yield stub
+
+
+@pytest.fixture
+def flaky_backup():
+    """A second, independent flaky upstream (a fallback's)."""
+    from tests.stubs.flaky import FlakyStub
+
+    with FlakyStub() as stub:
+        yield stub

@@ -7,7 +7,7 @@ next answers slow, fail with a status, or carry a raw (e.g. non-JSON) body.
 import json
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -39,6 +39,7 @@ class Answer:
     status: int
     body: bytes
     content_type: str = "application/json"
+    headers: dict = field(default_factory=dict)
 
     @classmethod
     def json(cls, status: int, data) -> "Answer":
@@ -127,6 +128,8 @@ def _handler_for(stub: StubServer):
                 self.send_response(answer.status)
                 self.send_header("Content-Type", answer.content_type)
                 self.send_header("Content-Length", str(len(answer.body)))
+                for name, value in answer.headers.items():
+                    self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(answer.body)
             except (BrokenPipeError, ConnectionResetError):
