@@ -2,9 +2,18 @@
 import os
 import sys
 
+# The process's role in its log records (marketplace/logs.py).
+ROLES = {"runexecutor": "executor", "recon": "recon", "runserver": "api"}
+
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
+    from marketplace import logs
+
+    logs.set_role(ROLES.get(sys.argv[1] if len(sys.argv) > 1 else "", "manage"))
+    # Multiprocess metrics: the directory must exist before the first metric is created.
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
     from django.core.management import execute_from_command_line
 
     execute_from_command_line(sys.argv)

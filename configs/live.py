@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 
 from configs import bootstrap, keys, protocol, store
+from marketplace import logs
 
 logger = logging.getLogger(__name__)
 
@@ -76,6 +77,8 @@ def _refresh(name: str, previous: _Entry | None) -> _Entry:
         # A config without secrets needs no key (CONFIG_FERNET_KEY may be unset).
         fernet = keys.fernet() if protocol.has_secrets(version.content) else None
         content = protocol.materialize(version.content, fernet)
+        if fernet is not None:  # no log record may quote a decrypted secret (marketplace/logs.py)
+            logs.register_secrets(protocol.secret_values(version.content, fernet).values())
     except Exception as exc:  # keep serving the last good copy; say why once per refresh
         logger.warning("config %s: keeping the last good version: %s", name, exc)
         if previous is not None:

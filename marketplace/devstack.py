@@ -79,8 +79,16 @@ def _environment(data_dir: Path, servers: list[embedded.Server]) -> dict:
     env.setdefault("DJANGO_SECRET_KEY", _persistent_secret(data_dir / "secret_key"))
     # The key `~` config values are encrypted with (configs/keys.py); kept like the secret key.
     env.setdefault("CONFIG_FERNET_KEY", _persistent_secret(data_dir / "fernet_key", fernet=True))
+    # Every process writes its metrics here and the API's /metrics shows them all
+    # (marketplace/prometheus.py); emptied now, before any process of this run starts.
+    env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(data_dir / "prometheus"))
+    prometheus_dir = Path(env["PROMETHEUS_MULTIPROC_DIR"])
+    prometheus_dir.mkdir(parents=True, exist_ok=True)
+    for stale in prometheus_dir.glob("*.db"):  # the metric files only: it may be a shared dir
+        stale.unlink()
     # Written so that `manage.py …` in another shell reaches the same servers (see settings).
     keys = ("MONGO_URI", "REDIS_URL", "DJANGO_SECRET_KEY", "CONFIG_FERNET_KEY")
+    keys += ("PROMETHEUS_MULTIPROC_DIR",)
     (data_dir / "dev.env").write_text("".join(f"{k}={env[k]}\n" for k in keys))
     os.chmod(data_dir / "dev.env", 0o600)
     return env

@@ -2,12 +2,14 @@ from django.contrib import admin
 from django.urls import include, path
 
 from api.views import healthz
+from marketplace.prometheus import metrics_view
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("svc/", include("api.urls")),
     path("healthz", healthz, name="healthz"),
-    path("", include("django_prometheus.urls")),  # /metrics
+    # Every process of the host (multiprocess mode) plus store figures: marketplace/prometheus.py.
+    path("metrics", metrics_view, name="prometheus-django-metrics"),
 ]
 
 handler404 = "api.errors.json_not_found"

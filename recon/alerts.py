@@ -19,6 +19,7 @@ from django.conf import settings
 
 from executor.queues import redis_connection
 from recon.health import Health
+from recon.metrics import ALERTS_SENT
 
 logger = logging.getLogger(__name__)
 
@@ -108,22 +109,24 @@ def notify(name: str, state: str, message: str, health: Health) -> bool:
     posts = []
     if settings.DISCORD_WEBHOOK_URL:
         content = f"[{state}] {name}: {message}"[:DISCORD_MAX_CHARS]
-        posts.append((settings.DISCORD_WEBHOOK_URL, {"content": content}))
+        posts.append(("discord", settings.DISCORD_WEBHOOK_URL, {"content": content}))
     if settings.SVC_ALERT_WEBHOOK_URL:
         body = {"alert": name, "state": state, "message": message, "at": health.at.isoformat()}
-        posts.append((settings.SVC_ALERT_WEBHOOK_URL, body))
-    delivered = [_post(url, body) for url, body in posts]
+        posts.append(("webhook", settings.SVC_ALERT_WEBHOOK_URL, body))
+    delivered = [_post(kind, url, body) for kind, url, body in posts]
     return not posts or any(delivered)
 
 
-def _post(url: str, body: dict) -> bool:
+def _post(kind: str, url: str, body: dict) -> bool:
     try:
         response = httpx.post(url, json=body, timeout=SEND_TIMEOUT)
         response.raise_for_status()
     except (httpx.HTTPError, ValueError) as exc:
         # The URL carries the webhook's token: name its host only, and the error's class.
         logger.warning("alert webhook at %s failed: %s", _host(url), type(exc).__name__)
+        ALERTS_SENT.labels(kind=kind, outcome="failed").inc()
         return False
+    ALERTS_SENT.labels(kind=kind, outcome="delivered").inc()
     return True
 
 

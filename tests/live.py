@@ -51,6 +51,11 @@ class LiveStack:
         self.workdir = workdir
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Multiprocess metrics: every process of the stack writes here, the API serves them all
+        # (marketplace/prometheus.py). One directory per stack, empty at the start.
+        self.metrics_dir = workdir / f"prometheus-{self.port}"
+        self.metrics_dir.mkdir(parents=True, exist_ok=False)
+        self.env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)
         self.processes: list[subprocess.Popen] = []
 
     def manage(self, *args: str) -> str:

@@ -1,0 +1,348 @@
+"""Structured logs: the request context from intake to the handler, JSON lines, redaction, and
+the same records at a (loopback) Fluentd."""
+
+import io
+import json
+import logging
+import secrets
+import socketserver
+import textwrap
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import msgpack
+import pytest
+from cryptography.fernet import Fernet
+from django.core.management import call_command
+
+from configs import keys
+from configs import live as config_live
+from executor import runtime
+from marketplace import logs
+from tests.live import LiveStack, wait_until
+
+# ---------------------------------------------------------------------------------------------
+# A loopback Fluentd: the forward protocol (msgpack over TCP)
+
+
+class FluentdReceiver:
+    """Accepts forward-protocol connections and keeps every (tag, record) it decodes: message
+    mode `[tag, time, record(, option)]`, forward mode `[tag, [[time, record], ...](, option)]`
+    and packed forward `[tag, bin, option]`; acknowledges chunks when asked to."""
+
+    def __init__(self):
+        self.records: list[tuple[str, dict]] = []
+        self._lock = threading.Lock()
+        receiver = self
+
+        class Handler(socketserver.BaseRequestHandler):
+            def handle(self):
+                unpacker = msgpack.Unpacker(raw=False)
+                while data := self.request.recv(65536):
+                    unpacker.feed(data)
+                    for entry in unpacker:
+                        receiver._take(entry, self.request)
+
+        self.server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def _take(self, entry, connection) -> None:
+        tag, second, *rest = entry
+        if isinstance(second, list):
+            events, option = second, (rest[0] if rest else None)
+        elif isinstance(second, bytes):
+            events, option = list(msgpack.Unpacker(io.BytesIO(second), raw=False)), rest[0]
+        else:
+            events, option = [(second, rest[0])], (rest[1] if len(rest) > 1 else None)
+        with self._lock:
+            self.records.extend((tag, record) for _, record in events)
+        if isinstance(option, dict) and option.get("chunk"):
+            connection.sendall(msgpack.packb({"ack": option["chunk"]}))
+
+    def snapshot(self) -> list[tuple[str, dict]]:
+        with self._lock:
+            return list(self.records)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def fluentd():
+    receiver = FluentdReceiver()
+    yield receiver
+    receiver.close()
+
+
+# A separate process that logs a decrypted config secret, a bearer token and a traceback
+# quoting the secret: every one must reach Fluentd redacted.
+LEAK = """
+import logging
+from configs import live
+secret = live.config("observability_probe")["planted"]
+log = logging.getLogger("svc.leak")
+log.warning("config secret %s", secret)
+log.warning("upstream said: Authorization: Bearer abcdefghijklmnop1234")
+try:
+    raise RuntimeError(f"boom with {secret}")
+except RuntimeError:
+    log.exception("it failed")
+"""
+
+
+def test_a_request_s_records_reach_fluentd_with_its_id_and_no_secret(tmp_path, fluentd):
+    live = LiveStack(f"sqlite:///{tmp_path / 'live.sqlite3'}", tmp_path)
+    fernet_key = Fernet.generate_key().decode()
+    live.env.update(
+        FLUENTD_HOST="127.0.0.1", FLUENTD_PORT=str(fluentd.port), CONFIG_FERNET_KEY=fernet_key
+    )
+    config_secret = "planted-" + secrets.token_hex(12)  # no secret shape: redacted by value
+    input_secret = "sk-" + secrets.token_urlsafe(24)
+    try:
+        live.prepare()
+        config = tmp_path / "probe.yaml"
+        config.write_text(f"~planted: {config_secret}\n")
+        live.manage("config", "upload", str(config), "--name", "observability_probe")
+        live.start_api(workers=1, threads=4)
+        live.start_executor("--concurrency", "2")
+        alice = live.client("alice", credits=50)
+        token = alice.headers["Authorization"].split()[-1]
+        response = alice.post("/svc/text/greet/", json={"name": input_secret})
+        assert response.status_code == 202, response.text
+        request_id = response.json()["id"]
+        wait_until(
+            lambda: alice.get(f"/svc/request/{request_id}/").json()["status"] == "succeeded",
+            what="the request to succeed",
+        )
+        live.manage("shell", "-c", LEAK)
+
+        def story():
+            records = fluentd.snapshot()
+            mine = [(t, r) for t, r in records if r.get("request_id") == request_id]
+            done = any("request succeeded" in r["message"] for _, r in mine)
+            leaked = [r for _, r in records if r.get("logger") == "svc.leak"]
+            return (records, mine) if done and len(leaked) == 3 else None
+
+        records, mine = wait_until(story, timeout=30, what="the request's records at Fluentd")
+    finally:
+        live.stop()
+
+    by_role = {tag: [r for t, r in mine if t == tag] for tag in ("svc.api", "svc.executor")}
+    assert any("request accepted" in r["message"] for r in by_role["svc.api"]), mine
+    executor_records = by_role["svc.executor"]
+    assert any("request started" in r["message"] for r in executor_records), mine
+    for record in executor_records:
+        assert record["role"] == "executor" and record["offer"] == "text/greet"
+        assert isinstance(record["client"], int)
+    started = next(r for r in executor_records if "request started" in r["message"])
+    assert started["attempt"] == 1 and started["resource"] == "local"
+    for _, record in mine:
+        assert {"time", "level", "logger", "message", "pid"} <= set(record)
+
+    leaked = [r for _, r in records if r.get("logger") == "svc.leak"]
+    assert [r["message"] for r in leaked] == [
+        f"config secret {logs.REDACTED}",
+        f"upstream said: Authorization: Bearer {logs.REDACTED}",
+        "it failed",
+    ]
+    assert "RuntimeError: boom with [redacted]" in leaked[2]["exc"]
+    everything = json.dumps([record for _, record in records])
+    for secret in (config_secret, input_secret, token, fernet_key, "abcdefghijklmnop1234"):
+        assert secret not in everything
+
+
+# ---------------------------------------------------------------------------------------------
+# Redaction
+
+
+@pytest.mark.parametrize(
+    "text, secret",
+    [
+        ("calling with Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.payload.sig", "eyJhbGci"),
+        ("header Token 0123456789abcdef0123456789abcdef01234567", "0123456789abcdef0123"),
+        ("key sk-proj-AbCdEfGhIjKlMnOpQrStUvWx rejected", "AbCdEfGhIjKlMnOp"),
+        (f"fernet key {Fernet.generate_key().decode()} in env", None),
+        (f"token {Fernet(Fernet.generate_key()).encrypt(b'x').decode()} stored", "gAAAAA"),
+        ("connect postgres://svc:hunter2pass@db:5432/svc failed", "hunter2pass"),
+        ("posting https://discord.com/api/webhooks/123/AbCdEf-secret_tok", "AbCdEf-secret_tok"),
+        ('payload {"api_key": "abcd1234efgh"} sent', "abcd1234efgh"),
+        ("retry with password=correcthorse&x=1", "correcthorse"),
+        ("client_secret: s3cr3tvalue", "s3cr3tvalue"),
+    ],
+)
+def test_secret_shaped_values_are_redacted(text, secret):
+    redacted = logs.redact(text)
+    assert logs.REDACTED in redacted
+    if secret is None:  # the whole Fernet key
+        secret = text.split()[2]
+    assert secret not in redacted
+
+
+def test_ordinary_text_is_left_alone():
+    text = "request succeeded id=9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+    assert logs.redact(text) == text
+
+
+def _capture(logger_name: str, formatter: logging.Formatter | None = None):
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    handler.addFilter(logs.ContextFilter())
+    handler.addFilter(logs.RedactFilter())
+    handler.setFormatter(formatter or logs.JsonFormatter())
+    logger = logging.getLogger(logger_name)
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    return logger, stream, handler
+
+
+def test_a_registered_secret_is_redacted_from_message_arguments_and_traceback():
+    secret = "reg-" + secrets.token_hex(8)
+    logs.register_secret({"nested": [secret]})
+    logger, stream, handler = _capture("svc.test.redact")
+    try:
+        logger.info("value %s and %r", secret, {"k": secret})
+        try:
+            raise ValueError(f"bad {secret}")
+        except ValueError:
+            logger.exception("failed")
+    finally:
+        logger.removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert len(lines) == 2  # one line per record, the traceback inside it
+    assert lines[0]["message"] == f"value {logs.REDACTED} and {{'k': '{logs.REDACTED}'}}"
+    assert f"ValueError: bad {logs.REDACTED}" in lines[1]["exc"]
+    assert secret not in stream.getvalue()
+
+
+def test_short_registered_values_are_not_redacted():
+    logs.register_secret("abc")
+    assert logs.redact("abc abc") == "abc abc"
+
+
+def test_decrypted_config_secrets_are_registered(tmp_path, monkeypatch, db):
+    monkeypatch.setenv(keys.KEY_ENV, Fernet.generate_key().decode())
+    secret = "cfg-" + secrets.token_hex(10)
+    path = tmp_path / "probe.yaml"
+    path.write_text(textwrap.dedent(f"nested:\n  ~token_like: {secret}\n"))
+    call_command("config", "upload", str(path), "--name", "probe", stdout=io.StringIO())
+    config_live.forget()
+    assert config_live.config("probe") == {"nested": {"token_like": secret}}
+    assert logs.redact(f"oops {secret}!") == f"oops {logs.REDACTED}!"
+
+
+def test_the_environment_s_secrets_are_registered():
+    key = Fernet.generate_key().decode()
+    logs.register_env_secrets(
+        {
+            "DJANGO_SECRET_KEY": "django-" + "x1y2z3" * 4,
+            "CONFIG_FERNET_KEY": f"{key},",
+            "DATABASE_URL": "postgres://svc:dbpass-1234@db/svc",
+        }
+    )
+    text = logs.redact(f"{'django-' + 'x1y2z3' * 4} {key[:-1]} dbpass-1234")
+    assert "x1y2z3" not in text and "dbpass-1234" not in text
+
+
+# ---------------------------------------------------------------------------------------------
+# Context and format
+
+
+def test_records_carry_the_context_inside_the_block_only():
+    logger, stream, handler = _capture("svc.test.context")
+    try:
+        with logs.context(request_id="r-1", client=7):
+            logs.bind(offer="text/greet", attempt=2)
+            logger.info("inside")
+        logger.info("outside")
+    finally:
+        logger.removeHandler(handler)
+    inside, outside = (json.loads(line) for line in stream.getvalue().splitlines())
+    assert (inside["request_id"], inside["client"], inside["offer"], inside["attempt"]) == (
+        "r-1",
+        7,
+        "text/greet",
+        2,
+    )
+    assert "request_id" not in outside and "offer" not in outside
+    assert inside["role"] == logs.role()
+
+
+def test_unknown_context_fields_are_refused():
+    with pytest.raises(ValueError, match="user"), logs.context(user="alice"):
+        pass
+
+
+def test_the_context_follows_a_job_onto_the_executor_loop_and_its_threads():
+    """Handlers run on the executor's shared loop (async) or its thread pool (sync): the job
+    thread's context must reach both, and must not leak into another job's thread."""
+    logger, stream, handler = _capture("svc.test.loop")
+
+    async def handler_call():
+        logger.info("async handler")
+        await runtime.asyncio.to_thread(logger.info, "sync handler")
+
+    def job(request_id):
+        with logs.context(request_id=request_id):
+            runtime.run(handler_call())
+        logger.info("after the job")
+
+    try:
+        with ThreadPoolExecutor(1) as pool:  # one thread, reused like RQ's job threads
+            pool.submit(job, "r-a").result()
+            pool.submit(job, "r-b").result()
+    finally:
+        logger.removeHandler(handler)
+    lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert [(r["message"], r.get("request_id")) for r in lines] == [
+        ("async handler", "r-a"),
+        ("sync handler", "r-a"),
+        ("after the job", None),
+        ("async handler", "r-b"),
+        ("sync handler", "r-b"),
+        ("after the job", None),
+    ]
+
+
+def test_intake_binds_the_request_id_to_the_http_request_s_records(alice_api, greet_offer):
+    logger, stream, handler = _capture("api.services.intake")
+    try:
+        response = alice_api.post("/svc/text/greet/", {"name": "Ada", "place": "P"}, format="json")
+    finally:
+        logger.removeHandler(handler)
+    assert response.status_code == 202
+    (accepted,) = [json.loads(line) for line in stream.getvalue().splitlines()]
+    assert accepted["request_id"] == response.json()["id"]
+    assert accepted["offer"] == "text/greet" and accepted["client"] == alice_api.user.pk
+    assert "request_id" not in logs.current()  # the middleware dropped it afterwards
+
+
+def test_plain_lines_append_the_context():
+    logger, stream, handler = _capture("svc.test.plain", logs.PlainFormatter())
+    try:
+        with logs.context(request_id="r-9"):
+            logger.info("hello")
+    finally:
+        logger.removeHandler(handler)
+    assert stream.getvalue().rstrip().endswith("svc.test.plain hello [request_id=r-9]")
+
+
+def test_an_unknown_log_format_is_refused():
+    with pytest.raises(ValueError, match="LOG_FORMAT='xml'"):
+        logs.logging_config(log_format="xml", level="INFO")
+
+
+def test_fluentd_joins_the_handlers_only_when_a_host_is_set():
+    assert "fluentd" not in logs.logging_config(log_format="json", level="INFO")["handlers"]
+    config = logs.logging_config(
+        log_format="json", level="INFO", fluentd_host="127.0.0.1", fluentd_port=1
+    )
+    assert config["root"]["handlers"] == ["console", "fluentd"]
+    assert config["handlers"]["fluentd"]["filters"] == ["context", "redact"]
+
+
+def test_bind_outside_a_block_changes_nothing():
+    logs.bind(request_id="stray")
+    assert "request_id" not in logs.current()
