@@ -19,6 +19,7 @@ from api.services.intake import intake_submit
 from api.throttling import IntakeThrottle
 from configs import live
 from executor.queues import redis_connection
+from marketplace import logs
 from recon import health
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class DealIntakeView(APIView):
             raise ApplicationError("not_found", f"no deal at /svc/deal/{name}/", status=404)
         body = read_json_object(request, limit=max_body_bytes())
         parent, children, created = deal_submit(user_id=request.user.pk, deal=deal, body=body)
+        logs.bind(request_id=parent.id, client=request.user.pk, offer=f"deal/{name}")
         return Response(request_repr(parent, children), status=202 if created else 200)
 
 
@@ -79,6 +81,7 @@ class RequestCancelView(APIView):
         svc_request = selectors.request_get_for_user(request_id=request_id, user_id=request.user.pk)
         if svc_request is None:
             raise ApplicationError("not_found", "no such request", status=404)
+        logs.bind(request_id=svc_request.id, client=request.user.pk)
         if svc_request.parent:
             raise ApplicationError(
                 "not_cancelable",

@@ -9,7 +9,6 @@ One job per request. Its steps, each safe to repeat:
    slots, record the outcome, then capture or release the client's hold.
 """
 
-import asyncio
 import logging
 import math
 import random
@@ -31,8 +30,10 @@ from api.services.requests import (
     request_start,
     request_succeed,
 )
-from executor import resources, runtime
-from executor.handlers import HandlerCall, HandlerError, UnknownHandler, get_handler
+from executor import metrics as executor_metrics
+from executor import resources, routes, runtime
+from executor.handlers import HandlerError, UnknownHandler, get_handler
+from marketplace import logs
 
 logger = logging.getLogger(__name__)
 
@@ -50,8 +51,23 @@ SATURATED_BACKOFF_MAX = 15.0
 
 
 def run_request(request_id: str) -> str | Retry:
-    """Execute one request; returns its final status, "skipped", or an RQ Retry."""
+    """Execute one request; returns its final status, "skipped", or an RQ Retry.
+
+    Every log record of the job, the handler's included (the context follows the calls onto
+    the shared loop), carries the request id, then its client, offer and attempt."""
+    with logs.context(request_id=request_id):
+        return _run_request(request_id)
+
+
+def _run_request(request_id: str) -> str | Retry:
     request = request_get(request_id=request_id)
+    if request is not None:
+        logs.bind(
+            client=request.user_id,
+            offer=f"{request.service}/{request.action}",
+            parent=request.parent,
+            resource=request.resource,
+        )
     if request is None or request.status != QUEUED:
         if request is not None and request.status in TERMINAL:
             settle_and_move_on(request)
@@ -89,19 +105,26 @@ def run_request(request_id: str) -> str | Retry:
         return _denied(request, resource, grant)
     job = get_current_job()
     worker = (job.worker_name or "") if job else ""
+    deferred = routes.open_breaker_wait(request, resource)  # breaker_policy: wait
+    if deferred:
+        resources.release(grant, refund=True)
+        return _retry(deferred)
     started = request_start(request_id=request_id, current=request, worker=worker)
     if started is None:  # canceled or expired meanwhile: the calls were never made
         resources.release(grant, refund=True)
         return "skipped"
     if started.parent:
         deal_child_started(started)
-    return _execute(started, handler, resource, grant)
+    logs.bind(attempt=started.attempts)
+    logger.info("request started id=%s resource=%s", request_id, resource.name)
+    with executor_metrics.running(resource.name):
+        return _execute(started, handler, resource, grant)
 
 
 def _execute(request: ServiceRequest, handler, resource, grant) -> str | Retry:
     request_id = request.id
     try:
-        results = runtime.run(execute(request, handler, resource, grant))
+        outcome = runtime.run(execute(request, handler, resource, grant))
     except runtime.HandedBack:
         request_requeue(
             request_id=request_id, note="handed back by a stopping executor", current=request
@@ -147,7 +170,14 @@ def _execute(request: ServiceRequest, handler, resource, grant) -> str | Retry:
             grant=grant,
         )
     return _finish(
-        request_succeed(request_id=request_id, results=results, current=request), grant=grant
+        request_succeed(
+            request_id=request_id,
+            results=outcome.results,
+            current=request,
+            handler_used=outcome.handler_used,
+            tries=outcome.tries,
+        ),
+        grant=grant,
     )
 
 
@@ -213,6 +243,7 @@ def _finish(request: ServiceRequest | None, grant=None) -> str:
     if grant is not None:  # it made calls: record what they cost
         calls = request.create_qty
         usage_record(request=request, calls=calls, credits=request.handler_credits * calls)
+        executor_metrics.calls_made(request, calls)
     logger.info("request %s id=%s", request.status, request.id)
     return request.status
 
@@ -232,45 +263,11 @@ def settle(request: ServiceRequest) -> None:
         account_release(request_id=request.id, note=request.status)
 
 
-async def execute(request, handler, resource, grant) -> list:
-    """Call the handler `create_qty` times, at most `grant.slots` at once; results in order.
+async def execute(request, handler, resource, grant) -> routes.Outcome:
+    """Make the request's `create_qty` calls, at most `grant.slots` at once, with retries, the
+    resource's circuit breaker and the offer's fallbacks (executor/routes.py).
 
     The first failure cancels the sibling calls (no paid upstream work for a failed request),
     and the whole execution must finish within SVC_JOB_TIMEOUT.
     """
-    calls = [
-        HandlerCall(
-            request_id=request.id,
-            prompt=request.prompt,
-            inputs=dict(request.inputs),
-            params=dict(request.params or {}),
-            index=i,
-        )
-        for i in range(request.create_qty)
-    ]
-    slots = asyncio.Semaphore(grant.slots)
-    timeout = settings.SVC_JOB_TIMEOUT
-
-    async def one(call: HandlerCall):
-        async with slots:
-            return await _call(handler, call)
-
-    try:
-        async with (
-            resources.leased(grant, resource),
-            asyncio.timeout(timeout),
-            asyncio.TaskGroup() as group,
-        ):
-            tasks = [group.create_task(one(call)) for call in calls]
-    except TimeoutError:
-        raise HandlerError("timeout", f"the handler did not finish within {timeout}s")
-    except ExceptionGroup as failures:
-        raise failures.exceptions[0] from None
-    return [task.result() for task in tasks]
-
-
-async def _call(handler, call: HandlerCall):
-    if handler.is_async:
-        return await handler.func(call)
-    # Sync handlers run in the loop's thread pool so they never block the other calls.
-    return await asyncio.to_thread(handler.func, call)
+    return await routes.execute(request, handler, resource, grant, timeout=settings.SVC_JOB_TIMEOUT)

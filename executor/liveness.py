@@ -5,18 +5,23 @@
 A ConcurrentWorker beats every BEAT_SECONDS from a thread of its own (so a busy job loop
 never delays it) and leaves the set when it stops. One that has not beaten for DEAD_AFTER
 seconds is dead: `kill -9`, a lost host, a frozen process. RQ's own worker keys live for
-`worker_ttl` (minutes), too long for recon's "retried within 2 minutes". No Django here.
+`worker_ttl` (minutes), too long for recon's "retried within 2 minutes". No Django settings
+here (marketplace.envs reads the environment).
 """
 
 import time
 
 import redis
 
+from marketplace.envs import envint
+
 EXECUTORS_KEY = "svc:executors"
-# Seconds between two beats of a live executor.
-BEAT_SECONDS = 5.0
-# Seconds without a beat after which an executor counts as dead.
-DEAD_AFTER = 20.0
+# Seconds without a beat after which an executor counts as dead (SVC_EXECUTOR_DEAD_AFTER; the
+# executors and recon must agree on it). Lower means faster recovery and more false deaths of
+# a process frozen for a moment (a long GC pause, a swapped-out host).
+DEAD_AFTER = float(max(envint("SVC_EXECUTOR_DEAD_AFTER", 20), 2))
+# Seconds between two beats of a live executor: four beats per DEAD_AFTER.
+BEAT_SECONDS = DEAD_AFTER / 4
 
 
 def beat(connection: redis.Redis, name: str) -> None:

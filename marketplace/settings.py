@@ -6,6 +6,7 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
+from marketplace import logs
 from marketplace.envs import envbool, envint, envstr, load_dev_env
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -36,10 +37,12 @@ INSTALLED_APPS = [
     "executor",
     "recon",
     "configs",
+    "marketplace.apps.ObservabilityConfig",
 ]
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "marketplace.logs.ContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -138,6 +141,11 @@ SVC_RECON_QUEUED_GRACE = envint("SVC_RECON_QUEUED_GRACE", 30)
 SVC_RECON_HOLD_GRACE = envint("SVC_RECON_HOLD_GRACE", 60)
 # Name of the RQ queue requests go to when their handler names no resource queue.
 SVC_DEFAULT_QUEUE = envstr("SVC_DEFAULT_QUEUE", "svc-default")
+# Python modules of handlers installed beside executor/handlers (comma-separated dotted paths,
+# e.g. "acme_handlers.vision"): imported at start-up by every process, their @handler
+# functions join the registry. The API, the executor and recon must list the same modules.
+SVC_HANDLER_MODULES = [m.strip() for m in os.environ.get("SVC_HANDLER_MODULES", "").split(",")]
+SVC_HANDLER_MODULES = [module for module in SVC_HANDLER_MODULES if module]
 
 # Recon's health (recon/health.py): the error rate counts requests that ended within this many
 # minutes. Alerts (recon/alerts.py): a queued request older than SVC_ALERT_STUCK_SECONDS, or an
@@ -164,13 +172,29 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
 }
 
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "formatters": {
-        "plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"},
-    },
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": envstr("LOG_LEVEL", "INFO")},
-    "loggers": {"django.request": {"level": "ERROR"}},
-}
+# Logs (marketplace/logs.py): JSON lines (LOG_FORMAT=json, the default) or plain text on the
+# console; with FLUENTD_HOST set, the same records also go to Fluentd (forward protocol, tag
+# `<FLUENTD_TAG>.<role>`). Every record carries the request context and has secrets redacted.
+LOG_FORMAT = envstr("LOG_FORMAT", "json")
+FLUENTD_HOST = os.environ.get("FLUENTD_HOST", "")
+FLUENTD_PORT = envint("FLUENTD_PORT", 24224)
+FLUENTD_TAG = envstr("FLUENTD_TAG", "svc")
+try:
+    LOGGING = logs.logging_config(
+        log_format=LOG_FORMAT,
+        level=envstr("LOG_LEVEL", "INFO").upper(),
+        fluentd_host=FLUENTD_HOST,
+        fluentd_port=FLUENTD_PORT,
+        fluentd_tag=FLUENTD_TAG,
+    )
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
+logs.register_env_secrets()
+
+# Metrics: with PROMETHEUS_MULTIPROC_DIR set (`make run` sets it), every process on the host
+# (gunicorn workers, executors, recon) writes its metrics there and the API's /metrics serves
+# them all (marketplace/prometheus.py); without it, each process serves only its own.
+PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+# Whether /metrics drops the live gauges of processes that no longer exist (killed with -9).
+# Turn it off when processes of different PID namespaces share the directory.
+SVC_METRICS_PRUNE_DEAD = envbool("SVC_METRICS_PRUNE_DEAD", True)

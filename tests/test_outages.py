@@ -12,6 +12,7 @@ from redis.retry import Retry
 from api.documents import ServiceRequest
 from api.models import Account, LedgerEntry
 from api.services.requests import request_start
+from executor import breaker, resources
 from executor.queues import RUN_REQUEST_JOB, get_queue, redis_connection
 from executor.worker import ConcurrentWorker
 from marketplace import embedded
@@ -175,11 +176,30 @@ def test_a_redis_killed_under_load_loses_nothing_accepted(tmp_path):
                 running.stop()
 
 
+def gone_redis() -> redis.Redis:
+    """A client of a port where nothing listens, with no retries: every call is refused."""
+    return redis.Redis(port=embedded.free_port(), retry=Retry(NoBackoff(), 0))
+
+
+def test_a_request_in_flight_rides_out_redis_going_away(caplog):
+    """Mid-request, Redis is only coordination: the breaker fails open (the upstream may be
+    fine) and a lease that cannot be released expires by itself; neither fails the request."""
+    gone = gone_redis()
+    resource = resources.Resource("openai")
+    gate = breaker.allow(resource, owner="job-1", trial_ttl=5, connection=gone)
+    assert gate.allowed
+    assert breaker.record(resource, outcome="failure", owner="job-1", connection=gone) == "closed"
+    grant = resources.Grant("openai", "lease-1", slots=1, credits=0, period_key=None)
+    resources.release(grant, refund=True, connection=gone)
+    messages = " ".join(r.getMessage() for r in caplog.records)
+    assert "breaker unreadable" in messages and "lease not released" in messages
+
+
 def test_an_executor_whose_redis_is_gone_keeps_its_loop_going():
     """Every Redis call of RQ's main loop outside the dequeue (which waits by itself) is ridden
     out: without that, the first refused connection ends `work()` and the executor exits."""
     worker = ConcurrentWorker(["svc-local"], connection=redis_connection(), concurrency=2)
-    gone = redis.Redis(port=embedded.free_port(), retry=Retry(NoBackoff(), 0))
+    gone = gone_redis()
     worker.connection = gone
     for queue in worker.queues:
         queue.connection = gone

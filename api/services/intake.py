@@ -15,6 +15,7 @@ from api.models import ServiceOffer
 from api.services.accounts import account_hold, account_release
 from api.services.requests import request_discard, request_fail, request_submit
 from executor.queues import enqueue_request, route_for_handler
+from marketplace import logs
 
 logger = logging.getLogger(__name__)
 
@@ -27,6 +28,8 @@ def intake_submit(
     request, created = request_submit(
         user_id=user_id, offer=offer, inputs=inputs, queue=queue, resource=resource
     )
+    # The rest of this HTTP request's records carry the request's story (marketplace/logs.py).
+    logs.bind(request_id=request.id, client=user_id, offer=f"{offer.service}/{offer.action}")
     if not created:
         return request, False
     try:

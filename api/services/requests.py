@@ -25,6 +25,7 @@ from api.documents import (
 )
 from api.errors import ApplicationError
 from api.models import ServiceOffer
+from executor import metrics as executor_metrics
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +114,9 @@ def offer_request(
         price=offer.price,
         resource=resource,
         handler_credits=offer.handler.credits,
+        max_retries=offer.max_retries,
+        credentials=offer.credentials or None,
+        fallbacks=offer.fallback_routes(),
         queue=queue,
         inputs=inputs,
         prompt=prompt_templates.render(offer.prompt_template, inputs) if render else None,
@@ -215,7 +219,10 @@ def transition(
     if not matched:
         return None
     if current is None:
-        return ServiceRequest.objects(id=request_id).first()
+        current = ServiceRequest.objects(id=request_id).first()
+        if to_status in TERMINAL and from_status not in TERMINAL and current is not None:
+            executor_metrics.request_ended(current)
+        return current
     current.status = to_status
     current.events.append(event)
     for name, value in fields.items():
@@ -223,6 +230,8 @@ def transition(
             name = name.removeprefix("inc__")
             value = (getattr(current, name) or 0) + value
         setattr(current, name, value)
+    if to_status in TERMINAL and from_status not in TERMINAL:
+        executor_metrics.request_ended(current)
     return current
 
 
@@ -260,9 +269,18 @@ def request_requeue(
 
 
 def request_succeed(
-    *, request_id: str, results: list, current: ServiceRequest | None = None
+    *,
+    request_id: str,
+    results: list,
+    current: ServiceRequest | None = None,
+    handler_used: str | None = None,
+    tries: int = 0,
 ) -> ServiceRequest | None:
-    """Record the results, unless the client canceled meanwhile (then it ends canceled)."""
+    """Record the results, unless the client canceled meanwhile (then it ends canceled).
+
+    `handler_used`: the handler that produced them; `tries`: upstream tries not yet counted.
+    """
+    extra = {"inc__tries": tries} if tries else {}
     done = transition(
         request_id,
         from_status=RUNNING,
@@ -272,8 +290,19 @@ def request_succeed(
         results=results,
         finished_at=now(),
         error=None,
+        handler_used=handler_used or (current.handler if current else None),
+        **extra,
     )
     return done or request_cancel_running(request_id=request_id, current=current)
+
+
+def request_note_try(*, request_id: str, note: str, tries: int = 1, **details) -> None:
+    """Record a try of a running request's handler call: an event (status stays `running`)
+    with `note` and `details` (handler, code), and `tries` more counted."""
+    event = {**_event(RUNNING, now(), note), **details}
+    ServiceRequest.objects(id=request_id, status=RUNNING).update_one(
+        push__events=event, inc__tries=tries
+    )
 
 
 def request_cancel_running(
