@@ -150,9 +150,12 @@ SVC_HANDLER_MODULES = [module for module in SVC_HANDLER_MODULES if module]
 # Recon's health (recon/health.py): the error rate counts requests that ended within this many
 # minutes. Alerts (recon/alerts.py): a queued request older than SVC_ALERT_STUCK_SECONDS, or an
 # error rate above SVC_ALERT_ERROR_RATE (a fraction, over at least 10 ended requests), fires;
-# a condition still firing is sent again every SVC_ALERT_REPEAT_MINUTES.
+# a condition still firing is sent again every SVC_ALERT_REPEAT_MINUTES. A queue without a live
+# executor fires once its oldest request waited SVC_ALERT_NO_EXECUTOR_SECONDS (a deploy's
+# restart or a stack starting up is not an outage).
 SVC_HEALTH_ERROR_MINUTES = envint("SVC_HEALTH_ERROR_MINUTES", 5)
 SVC_ALERT_STUCK_SECONDS = envint("SVC_ALERT_STUCK_SECONDS", 300)
+SVC_ALERT_NO_EXECUTOR_SECONDS = envint("SVC_ALERT_NO_EXECUTOR_SECONDS", 60)
 SVC_ALERT_REPEAT_MINUTES = envint("SVC_ALERT_REPEAT_MINUTES", 30)
 try:
     SVC_ALERT_ERROR_RATE = float(envstr("SVC_ALERT_ERROR_RATE", "0.5"))

@@ -46,7 +46,8 @@ def conditions(health: Health, repaired: Mapping[str, int]) -> list[Condition]:
     if stuck:
         found.append(Condition("stuck_requests", stuck))
     for name, queue in health.queues.items():
-        if queue.depth > 0 and queue.live_executors == 0:
+        waited = queue.oldest_seconds >= settings.SVC_ALERT_NO_EXECUTOR_SECONDS
+        if queue.depth > 0 and queue.live_executors == 0 and waited:
             message = f"{queue.depth} jobs wait in {name}, no live executor"
             found.append(Condition(f"no_executor:{name}", message))
     for name, use in health.near_budget.items():

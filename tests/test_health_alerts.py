@@ -90,7 +90,7 @@ def a_health(**changes) -> Health:
 
 
 def stuck_queue() -> Health:
-    return a_health(queues={"svc-local": QueueHealth(depth=3, oldest_seconds=9, live_executors=0)})
+    return a_health(queues={"svc-local": QueueHealth(depth=3, oldest_seconds=61, live_executors=0)})
 
 
 # --- health ---------------------------------------------------------------------------------
@@ -183,6 +183,8 @@ def test_each_condition_and_its_threshold(settings):
     assert names(a_health(), {"abandoned": 2}) == ["stuck_requests"]
     assert names(a_health(), {"executor_lost": 2}) == []
     assert names(stuck_queue()) == ["no_executor:svc-local"]
+    starting = QueueHealth(depth=3, oldest_seconds=59, live_executors=0)  # executors starting
+    assert names(a_health(queues={"svc-local": starting})) == []
     assert names(a_health(near_budget={"paid": BudgetUse(9, 10, "hour")})) == ["budget:paid"]
     assert names(a_health(failed=6, succeeded=4)) == ["error_rate"]
     assert names(a_health(failed=5, succeeded=5)) == []  # not above the rate
