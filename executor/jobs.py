@@ -240,10 +240,14 @@ def _finish(request: ServiceRequest | None, grant=None) -> str:
     if request is None:
         return "skipped"
     settle_and_move_on(request)  # first: the client sees its credits settle with the status
-    if grant is not None:  # it made calls: record what they cost
+    if grant is not None:  # it made calls: record what they cost, on what served them
         calls = request.create_qty
-        usage_record(request=request, calls=calls, credits=request.handler_credits * calls)
-        executor_metrics.calls_made(request, calls)
+        handler, resource, per_call = routes.served_by(request)
+        credits = per_call * calls
+        usage_record(
+            request=request, calls=calls, credits=credits, handler=handler, resource=resource
+        )
+        executor_metrics.calls_made(resource, credits)
     logger.info("request %s id=%s", request.status, request.id)
     return request.status
 

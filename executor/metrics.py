@@ -66,11 +66,10 @@ def request_ended(request) -> None:
     REQUESTS.labels(service=request.service, action=request.action, status=request.status).inc()
 
 
-def calls_made(request, calls: int) -> None:
-    """The integration credits an executed request's calls spent."""
-    credits = (request.handler_credits or 0) * calls
+def calls_made(resource: str, credits: int) -> None:
+    """The integration credits an executed request's calls spent on `resource`."""
     if credits:
-        CREDITS_CONSUMED.labels(resource=request.resource or "none").inc(credits)
+        CREDITS_CONSUMED.labels(resource=resource or "none").inc(credits)
 
 
 def ledger_entry_saved(sender, instance, created: bool, **kwargs) -> None:

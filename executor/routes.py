@@ -132,6 +132,21 @@ def _routes(request: ServiceRequest, handler: Handler, resource) -> list[Route]:
     return routes
 
 
+def served_by(request: ServiceRequest) -> tuple[str, str, int]:
+    """(handler, resource, integration credits per call) of what produced the request's
+    outcome: the fallback named by `handler_used`, else the offer's own handler."""
+    used = request.handler_used
+    if used and used != request.handler:
+        for entry in request.fallbacks or ():
+            if entry.get("handler") == used:
+                try:
+                    resource = entry.get("resource") or get_handler(used).resource
+                except UnknownHandler:
+                    resource = ""
+                return used, resource, int(entry.get("credits") or 0)
+    return request.handler or "", request.resource or "", request.handler_credits or 0
+
+
 class _Run:
     """One execution of a request: its deadline, and the tries not yet counted on it."""
 

@@ -22,7 +22,7 @@ from prometheus_client import REGISTRY, generate_latest
 from rq import Worker
 
 from api.documents import ServiceRequest
-from api.models import ServiceHandler, ServiceOffer
+from api.models import ServiceHandler, ServiceOffer, UsageRecord
 from api.services.catalog import catalog_export, catalog_import
 from configs import keys, live
 from executor import breaker, resilience, resources
@@ -244,6 +244,8 @@ def test_a_fallback_serves_while_the_primary_is_down(
     assert any(n.startswith("falling back to http.post") and "breaker is open" in n for n in notes)
     alice.account.refresh_from_db()
     assert alice.account.balance == 1000 - 2 * 7  # the primary's price, twice
+    used = UsageRecord.objects.filter(request_id__in=[first, second])
+    assert {(u.handler, u.resource, u.price) for u in used} == {("http.post", "http", 7)}
 
 
 def test_without_a_fallback_an_open_breaker_fails_fast(tmp_path, alice_api, make_offer, flaky_stub):

@@ -94,17 +94,20 @@ def _settle(request_id: str, kind: str, note: str) -> bool:
     return True
 
 
-def usage_record(*, request, calls: int, credits: int) -> None:
+def usage_record(
+    *, request, calls: int, credits: int, handler: str = "", resource: str = ""
+) -> None:
     """Record what an executed request cost; once per request (one INSERT … ON CONFLICT DO
-    NOTHING on the unique request id, so a repeated call changes nothing)."""
+    NOTHING on the unique request id, so a repeated call changes nothing). `handler` and
+    `resource` name what made the calls when it was not the offer's own (a fallback)."""
     captured = request.status == "succeeded"
     record = UsageRecord(
         request_id=request.id,
         user_id=request.user_id,
         service=request.service,
         action=request.action,
-        handler=request.handler or "",
-        resource=request.resource or "",
+        handler=handler or request.handler or "",
+        resource=resource or request.resource or "",
         status=request.status,
         calls=calls,
         credits=credits,
