@@ -7,19 +7,7 @@ from django.template.response import TemplateResponse
 
 from api.models import Account, LedgerEntry, UsageRecord
 from api.services.accounts import account_grant
-
-
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """Ledger-backed records change only through services, never by hand."""
-
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
+from marketplace.admin_pages import ReadOnlyAdmin
 
 
 class GrantForm(forms.Form):

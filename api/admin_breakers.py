@@ -8,45 +8,23 @@ there are no add, change or delete views.
 """
 
 from datetime import UTC, datetime
-from functools import update_wrapper
 
 import redis
 from django.contrib import admin
-from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
-from django.urls import path
 
 from api.models import CircuitBreaker
 from executor import breaker, resources
 from executor.handlers import all_handlers
+from marketplace.admin_pages import ReadOnlyPageAdmin
 
 TEMPLATE = "admin/api/circuitbreaker/breakers.html"
 
 
 @admin.register(CircuitBreaker)
-class CircuitBreakerAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    def get_urls(self):
-        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
-        return [path("", self._guard(self.breakers_view), name=f"{prefix}_changelist")]
-
-    def _guard(self, view):
-        """Staff only (admin_view sends others to the login page), with the view permission."""
-
-        def guarded(request, **kwargs):
-            if not self.has_view_permission(request):
-                raise PermissionDenied
-            return view(request, **kwargs)
-
-        return self.admin_site.admin_view(update_wrapper(guarded, view))
+class CircuitBreakerAdmin(ReadOnlyPageAdmin):
+    def pages(self):
+        return [("", self.breakers_view, "changelist")]
 
     def breakers_view(self, request):
         try:

@@ -15,16 +15,14 @@ add, change or delete views.
 """
 
 from collections import defaultdict
-from functools import update_wrapper
 
 from django.contrib import admin
-from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
-from django.urls import path
 
 from configs import protocol, store
 from configs.models import ConfigVersion
 from configs.protocol import ConfigError
+from marketplace.admin_pages import ReadOnlyPageAdmin
 
 TEMPLATES = "admin/configs/configversion"
 # Events shown on a config's page; older ones stay in MongoDB.
@@ -32,42 +30,14 @@ EVENTS_SHOWN = 100
 
 
 @admin.register(ConfigVersion)
-class ConfigVersionAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    def get_urls(self):
-        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
+class ConfigVersionAdmin(ReadOnlyPageAdmin):
+    def pages(self):
         return [
-            path("", self._guard(self.configs_view), name=f"{prefix}_changelist"),
-            path("<str:name>/", self._guard(self.config_view), name=f"{prefix}_config"),
-            path(
-                "<str:name>/<int:version>/",
-                self._guard(self.version_view),
-                name=f"{prefix}_version",
-            ),
-            path(
-                "<str:name>/diff/<int:v1>/<int:v2>/",
-                self._guard(self.diff_view),
-                name=f"{prefix}_diff",
-            ),
+            ("", self.configs_view, "changelist"),
+            ("<str:name>/", self.config_view, "config"),
+            ("<str:name>/<int:version>/", self.version_view, "version"),
+            ("<str:name>/diff/<int:v1>/<int:v2>/", self.diff_view, "diff"),
         ]
-
-    def _guard(self, view):
-        """Staff only (admin_view sends others to the login page), with the view permission."""
-
-        def guarded(request, **kwargs):
-            if not self.has_view_permission(request):
-                raise PermissionDenied
-            return view(request, **kwargs)
-
-        return self.admin_site.admin_view(update_wrapper(guarded, view))
 
     # -----------------------------------------------------------------------------------------
     # Pages

@@ -8,14 +8,12 @@ or delete views.
 """
 
 from datetime import UTC, datetime
-from functools import update_wrapper
 from itertools import groupby
 
 from django.contrib import admin
-from django.core.exceptions import PermissionDenied
 from django.template.response import TemplateResponse
-from django.urls import path
 
+from marketplace.admin_pages import ReadOnlyPageAdmin
 from recon import usage
 from recon.models import UsageHour
 
@@ -27,29 +25,9 @@ FIGURES = ("requests", "succeeded", "failed", "calls", "credits", "price")
 
 
 @admin.register(UsageHour)
-class UsageHourAdmin(admin.ModelAdmin):
-    def has_add_permission(self, request):
-        return False
-
-    def has_change_permission(self, request, obj=None):
-        return False
-
-    def has_delete_permission(self, request, obj=None):
-        return False
-
-    def get_urls(self):
-        prefix = f"{self.opts.app_label}_{self.opts.model_name}"
-        return [path("", self._guard(self.hourly_view), name=f"{prefix}_changelist")]
-
-    def _guard(self, view):
-        """Staff only (admin_view sends others to the login page), with the view permission."""
-
-        def guarded(request, **kwargs):
-            if not self.has_view_permission(request):
-                raise PermissionDenied
-            return view(request, **kwargs)
-
-        return self.admin_site.admin_view(update_wrapper(guarded, view))
+class UsageHourAdmin(ReadOnlyPageAdmin):
+    def pages(self):
+        return [("", self.hourly_view, "changelist")]
 
     def hourly_view(self, request):
         hours = hours_shown(request.GET.get("hours"))
