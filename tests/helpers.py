@@ -1,5 +1,10 @@
 """Small helpers shared by tests."""
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from rq import SimpleWorker
 
 from executor.queues import all_queue_names, get_queue, redis_connection
@@ -39,3 +44,20 @@ def submit(api, path: str, inputs: dict) -> dict:
 def queued_job_ids() -> list[str]:
     """Job ids waiting in every request queue."""
     return [job_id for name in all_queue_names() for job_id in get_queue(name).job_ids]
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def executor_process(*args: str) -> subprocess.Popen:
+    """A real `manage.py runexecutor` on the test session's stores, in a session of its own
+    (so a test can signal it and its children), its output piped."""
+    return subprocess.Popen(
+        [sys.executable, str(ROOT / "manage.py"), "runexecutor", *args],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )

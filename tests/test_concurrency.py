@@ -4,7 +4,6 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -16,7 +15,7 @@ from api.documents import ServiceRequest
 from executor.handlers import HandlerCall, handler
 from executor.queues import redis_connection
 from executor.resources import queue_name
-from tests.helpers import queued_job_ids, run_concurrent_worker, submit
+from tests.helpers import executor_process, queued_job_ids, run_concurrent_worker, submit
 from tests.live import wait_until
 
 pytest_plugins = ["tests.stubs.fixtures"]
@@ -118,18 +117,6 @@ def test_it_never_holds_more_jobs_than_its_concurrency(alice_api, make_offer):
         watcher.join()
     assert statuses() == {"succeeded": 30}
     assert 1 <= max(peak) <= 4
-
-
-def executor_process(*args: str) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "runexecutor", *args],
-        cwd=ROOT,
-        env=dict(os.environ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
 
 
 def finish(process: subprocess.Popen, timeout: float = 60) -> str:

@@ -7,7 +7,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
@@ -28,8 +27,9 @@ from configs import keys, live
 from executor import breaker, resilience, resources
 from executor.handlers import HandlerError
 from executor.queues import redis_connection
-from tests.helpers import run_worker, submit
+from tests.helpers import executor_process, run_worker, submit
 from tests.live import wait_until
+from tests.test_admin import offer_form
 
 pytest_plugins = ["tests.stubs.fixtures"]
 
@@ -319,18 +319,6 @@ def test_a_failed_trial_opens_the_breaker_again():
     assert REGISTRY.get_sample_value("svc_breaker_state", {"resource": "again"}) == 2
 
 
-def executor_process() -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "runexecutor", "--concurrency", "1"],
-        cwd=ROOT,
-        env=dict(os.environ),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
 def stop(process: subprocess.Popen) -> str:
     os.killpg(process.pid, signal.SIGTERM)
     try:
@@ -351,7 +339,7 @@ def test_the_breaker_is_shared_by_executor_processes_and_closes_after_a_trial(
     post_offer(make_offer, flaky_stub.url, max_retries=0)
     flaky_stub.fail_always(503)
     flaky_stub.script(delay=0.3)  # calls overlap, so both processes take part
-    processes = [executor_process(), executor_process()]
+    processes = [executor_process("--concurrency", "1"), executor_process("--concurrency", "1")]
     try:
         wait_until(lambda: Worker.count(connection=redis_connection()) == 2, what="2 executors")
         ids = [submit(alice_api, "/svc/text/post/", {"x": i})["id"] for i in range(10)]
@@ -517,19 +505,7 @@ def test_the_admin_saves_resilience_fields_and_refuses_bad_ones(
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
     ServiceHandler.objects.create(id="local.echo", credits=1)
     ServiceHandler.objects.create(id="http.post", credits=2)
-    form = {
-        "service": "text",
-        "action": "greet",
-        "handler": "local.echo",
-        "prompt_template": "Hello {name}",
-        "params": "{}",
-        "price": "3",
-        "create_qty": "1",
-        "is_active": "on",
-        "max_retries": "3",
-        "fallbacks": '["http.post"]',
-        "credentials": "backup",
-    }
+    form = offer_form(max_retries="3", fallbacks='["http.post"]', credentials="backup")
     url = reverse("admin:api_serviceoffer_add")
     bad = admin_client.post(
         url, {**form, "fallbacks": '["nope.none"]', "credentials": "gone", "max_retries": "11"}
