@@ -36,6 +36,13 @@ FORCE_STOP_DEBOUNCE_SECONDS = 1.0
 REDIS_LOST_PAUSE_SECONDS = 1.0
 # Default seconds in-flight jobs get to finish after a stop request before they are handed back.
 DEFAULT_SHUTDOWN_GRACE = 25
+# RQ's loop beats the worker's key before and after every dequeue and looks for `rq suspend`
+# before each one: built for one job at a time, at hundreds of jobs a second it was a third
+# of the executor's CPU (two round trips each, in the one thread that dispatches). The key
+# lives `worker_ttl` + 60 s and a suspension waits for a second anyway, so once per period
+# says the same. Beats that ride in a job's pipeline are RQ's, untouched.
+HEARTBEAT_EVERY_SECONDS = 5.0
+SUSPENSION_CHECK_EVERY_SECONDS = 1.0
 
 
 class ConcurrentWorker(SimpleWorker):
@@ -44,7 +51,13 @@ class ConcurrentWorker(SimpleWorker):
     def __init__(
         self, *args, concurrency: int = 64, shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE, **kwargs
     ):
-        self._local = threading.local()  # before super().__init__, which sets self.execution
+        # Before super().__init__, which sets self.execution and may record a state.
+        self._local = threading.local()
+        self._inflight: dict[str, Job] = {}
+        self._beat_at = float("-inf")
+        self._suspension_checked_at = float("-inf")
+        self._state_lock = threading.Lock()
+        self._state_written: str | None = None
         super().__init__(*args, **kwargs)
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -52,7 +65,6 @@ class ConcurrentWorker(SimpleWorker):
         self.shutdown_grace = shutdown_grace
         self._slots = threading.BoundedSemaphore(concurrency)
         self._pool = ThreadPoolExecutor(concurrency, thread_name_prefix="job")
-        self._inflight: dict[str, Job] = {}
         self._inflight_lock = threading.Lock()
         self._force_stop = threading.Event()
         self._cancels: dict[str, threading.Event] = {}
@@ -82,16 +94,32 @@ class ConcurrentWorker(SimpleWorker):
             self.log.warning("Worker %s: %s failed (%s); going on", self.name, what, exc)
             return None
 
-    def heartbeat(self, *args, **kwargs):
-        return self._riding_out("heartbeat", super().heartbeat, *args, **kwargs)
+    def heartbeat(self, timeout=None, pipeline=None):
+        if pipeline is None and timeout is None:
+            if time.monotonic() - self._beat_at < HEARTBEAT_EVERY_SECONDS:
+                return None
+            self._beat_at = time.monotonic()
+        return self._riding_out("heartbeat", super().heartbeat, timeout, pipeline)
 
-    def set_state(self, *args, **kwargs):
-        return self._riding_out("recording its state", super().set_state, *args, **kwargs)
+    def set_state(self, state: str, pipeline=None):
+        """RQ's state, written only when it changes; `idle` only once no job is in flight
+        (RQ says `idle` before every dequeue, but a worker running jobs is busy)."""
+        with self._state_lock:
+            if state == WorkerStatus.IDLE and self._inflight:
+                state = WorkerStatus.BUSY
+            if pipeline is None and state == self._state_written:
+                return None
+            self._state_written = state
+            # Under the lock: two threads' writes must reach Redis in the order decided here.
+            return self._riding_out("recording its state", super().set_state, state, pipeline)
 
     def run_maintenance_tasks(self) -> None:
         self._riding_out("maintenance", super().run_maintenance_tasks)
 
     def check_for_suspension(self, burst: bool) -> None:
+        if time.monotonic() - self._suspension_checked_at < SUSPENSION_CHECK_EVERY_SECONDS:
+            return
+        self._suspension_checked_at = time.monotonic()
         try:
             super().check_for_suspension(burst)
         except (redis.ConnectionError, redis.TimeoutError) as exc:

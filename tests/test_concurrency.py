@@ -168,5 +168,66 @@ def test_two_executors_never_run_the_same_request_twice(alice_api, make_offer, j
     assert statuses() == {"succeeded": 200}, errors
     called = [r.json["request_id"] for r in json_stub.requests]
     assert sorted(called) == sorted(ids)  # every request exactly once
-    # Both processes took part (each logs the jobs it completed).
-    assert all("Successfully completed" in out for out in outputs), outputs
+    # Both processes took part (each logs the requests it ended).
+    assert all("request succeeded" in out for out in outputs), outputs
+
+
+def _spy_on_rq_bookkeeping(monkeypatch) -> tuple[list, list]:
+    """(heartbeats, states) that reach RQ's own methods: (direct?, timeout) and (state, piped?)."""
+    from rq.worker.base import BaseWorker
+
+    beats, states = [], []
+    heartbeat, set_state = BaseWorker.heartbeat, BaseWorker.set_state
+
+    def spy_heartbeat(self, timeout=None, pipeline=None):
+        beats.append((pipeline is None, timeout))
+        return heartbeat(self, timeout, pipeline)
+
+    def spy_set_state(self, state, pipeline=None):
+        states.append((state, pipeline is not None))
+        return set_state(self, state, pipeline)
+
+    monkeypatch.setattr(BaseWorker, "heartbeat", spy_heartbeat)
+    monkeypatch.setattr(BaseWorker, "set_state", spy_set_state)
+    return beats, states
+
+
+def test_the_worker_beats_and_records_its_state_per_period_not_per_job(
+    alice_api, make_offer, monkeypatch
+):
+    """RQ beats the worker's key before and after every dequeue and says idle, then busy, for
+    every job: built for one job at a time. The executor beats its key once per period and
+    writes its state when it changes; the beats in each job's own pipeline stay RQ's."""
+    make_offer(service="t", action="echo")
+    jobs = 40
+    for i in range(jobs):
+        submit(alice_api, "/svc/t/echo/", {"x": i})
+    beats, states = _spy_on_rq_bookkeeping(monkeypatch)
+    run_concurrent_worker(10)
+
+    assert statuses() == {"succeeded": jobs}
+    direct = [timeout for is_direct, timeout in beats if is_direct and timeout is None]
+    assert 1 <= len(direct) <= 2, beats  # RQ alone: at least three per job
+    assert sum(1 for is_direct, _ in beats if not is_direct) >= jobs  # one per job's pipeline
+    direct_states = [state for state, piped in states if not piped]
+    assert len(direct_states) <= 6, direct_states  # RQ alone: two per job
+    assert all(a != b for a, b in zip(direct_states, direct_states[1:], strict=False)), (
+        direct_states
+    )
+
+
+def test_a_busy_worker_keeps_beating(alice_api, make_offer, monkeypatch):
+    """With every slot taken by a slow job the worker still beats, once per period."""
+    from executor import worker
+
+    monkeypatch.setattr(worker, "HEARTBEAT_EVERY_SECONDS", 0.3)
+    monkeypatch.setattr(worker, "SLOT_WAIT_SECONDS", 0.1)
+    make_offer(service="t", action="slow", params={"delay_seconds": 2})
+    for i in range(2):
+        submit(alice_api, "/svc/t/slow/", {"x": i})
+    beats, _ = _spy_on_rq_bookkeeping(monkeypatch)
+    run_concurrent_worker(1)
+
+    assert statuses() == {"succeeded": 2}
+    direct = [1 for is_direct, timeout in beats if is_direct and timeout is None]
+    assert 6 <= len(direct) <= 20, beats  # ~4 s busy at one beat per 0.3 s
