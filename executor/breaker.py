@@ -13,12 +13,17 @@ half_open  the first call after the cool-down is the one trial; others are refus
            A trial whose process died is handed to the next caller after `trial_ttl`.
 
 Each step is one Lua script reading the Redis server's clock, so two processes never both
-take the trial and a count is never lost. Outcomes of calls that were let through before
-the breaker opened do not move an open breaker (only the trial's does). Settings come from
-the resource map entry: `breaker_threshold` (default 5), `breaker_cooldown` (seconds, 30).
+take the trial and a count is never lost. A process that found a breaker closed with no
+failure trusts that for CLOSED_TRUST_SECONDS without asking again (at hundreds of calls a
+second the read was a Lua call and a thread hop each); its own failures end the trust at
+once, so only another process's failures reach it that much later. Outcomes of calls that
+were let through before the breaker opened do not move an open breaker (only the trial's
+does). Settings come from the resource map entry: `breaker_threshold` (default 5),
+`breaker_cooldown` (seconds, 30).
 """
 
 import logging
+import time
 from dataclasses import dataclass
 
 import redis
@@ -34,6 +39,8 @@ DEFAULT_COOLDOWN = 30.0
 # Every Redis key of this module starts with this.
 KEY_PREFIX = "svc:breaker:"
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+# Seconds a process lets calls through a breaker it found closed with no failure, unasked.
+CLOSED_TRUST_SECONDS = 1.0
 # Gauge values of svc_breaker_state.
 STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 
@@ -134,9 +141,24 @@ def cooldown_of(resource) -> float:
     return getattr(resource, "breaker_cooldown", None) or DEFAULT_COOLDOWN
 
 
+# Resource name → time.monotonic() until which this process trusts its breaker closed.
+_trusted: dict[str, float] = {}
+
+
+def trusted(resource) -> Gate | None:
+    """A closed gate while this process trusts the resource's breaker closed (see the module
+    doc), else None: ask allow()."""
+    until = _trusted.get(resource.name)
+    if until is not None and time.monotonic() < until:
+        return Gate(resource.name, CLOSED)
+    return None
+
+
 def allow(resource, *, owner: str, trial_ttl: float, connection=None) -> Gate:
     """Whether a call may go to the resource now; may make `owner` the half-open trial, which
     is handed on after `trial_ttl` seconds if its outcome is never recorded."""
+    if connection is None and (gate := trusted(resource)) is not None:
+        return gate
     try:
         decision, failures, retry_ms = _script(connection, ALLOW_LUA)(
             keys=[_key(resource.name)], args=[owner, max(1, round(trial_ttl * 1000))]
@@ -147,6 +169,8 @@ def allow(resource, *, owner: str, trial_ttl: float, connection=None) -> Gate:
         return Gate(resource.name, CLOSED)
     decision = _text(decision)
     gate = Gate(resource.name, decision, int(failures), max(int(retry_ms), 0) / 1000)
+    if connection is None and decision == CLOSED and not gate.failures:
+        _trusted[resource.name] = time.monotonic() + CLOSED_TRUST_SECONDS
     _export(resource.name, HALF_OPEN if decision == "trial" else decision)
     return gate
 
@@ -154,6 +178,8 @@ def allow(resource, *, owner: str, trial_ttl: float, connection=None) -> Gate:
 def record(resource, *, outcome: str, owner: str, connection=None) -> str:
     """Record a call's outcome: "failure" (retryable), "success", or "neutral" (a trial that
     proved nothing); returns the breaker's state after it."""
+    if outcome != "success":
+        _trusted.pop(resource.name, None)
     try:
         state = _text(
             _script(connection, RECORD_LUA)(
@@ -205,7 +231,13 @@ def wait_while_open(resource, connection=None) -> float:
 def reset(resource_name: str, connection=None) -> None:
     """Close a breaker by hand (an operator after fixing the upstream; tests)."""
     _connection(connection).delete(_key(resource_name))
+    forget()
     _export(resource_name, CLOSED)
+
+
+def forget() -> None:
+    """Trust no breaker until Redis is asked again (tests that reset Redis)."""
+    _trusted.clear()
 
 
 def _export(resource_name: str, state: str) -> None:

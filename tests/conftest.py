@@ -8,6 +8,7 @@ from api.models import ServiceHandler, ServiceOffer
 from api.services.accounts import account_grant
 from configs import live as config_live
 from configs import store as config_store
+from executor import breaker
 from executor.queues import redis_connection
 from recon import usage
 
@@ -23,6 +24,7 @@ def clean_stores():
     get_db().drop_collection(usage.COLLECTION)
     config_live.forget()
     redis_connection().flushdb()
+    breaker.forget()
     yield
 
 

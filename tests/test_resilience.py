@@ -319,6 +319,41 @@ def test_a_failed_trial_opens_the_breaker_again():
     assert REGISTRY.get_sample_value("svc_breaker_state", {"resource": "again"}) == 2
 
 
+def test_a_process_trusts_a_closed_breaker_briefly_and_its_own_failure_ends_the_trust(
+    monkeypatch,
+):
+    """Found closed with no failure, a breaker is trusted for CLOSED_TRUST_SECONDS without a
+    read; another process opening it is seen after that, this process's failure at once."""
+    monkeypatch.setattr(breaker, "CLOSED_TRUST_SECONDS", 0.3)
+    resource = resources.Resource("trusted", breaker_threshold=1, breaker_cooldown=30)
+
+    def open_elsewhere():  # what another executor's failures leave in Redis
+        redis_connection().hset(
+            breaker._key("trusted"), mapping={"state": "open", "open_until": 2**50}
+        )
+
+    assert breaker.allow(resource, owner="a", trial_ttl=5).decision == "closed"
+    open_elsewhere()
+    assert breaker.trusted(resource) is not None
+    assert breaker.allow(resource, owner="a", trial_ttl=5).decision == "closed"  # unasked
+    time.sleep(0.35)
+    assert breaker.trusted(resource) is None
+    assert breaker.allow(resource, owner="a", trial_ttl=5).decision == "open"
+
+    breaker.reset("trusted")
+    assert breaker.allow(resource, owner="b", trial_ttl=5).decision == "closed"
+    assert breaker.record(resource, outcome="failure", owner="b") == "open"
+    assert breaker.trusted(resource) is None
+    assert breaker.allow(resource, owner="c", trial_ttl=5).decision == "open"
+
+
+def test_a_breaker_with_failures_is_not_trusted():
+    resource = resources.Resource("counting", breaker_threshold=3, breaker_cooldown=30)
+    breaker.record(resource, outcome="failure", owner="a")
+    assert breaker.allow(resource, owner="b", trial_ttl=5).failures == 1
+    assert breaker.trusted(resource) is None
+
+
 def stop(process: subprocess.Popen) -> str:
     os.killpg(process.pid, signal.SIGTERM)
     try:
