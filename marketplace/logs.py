@@ -269,6 +269,30 @@ def record_dict(record: logging.LogRecord) -> dict:
     return data
 
 
+# RQ's worker logs four lines per job (taken, completed, "Job OK", how long its result is
+# kept); the executor's own "request started" / "request <status>" lines say the same with
+# the request's context. At hundreds of jobs a second they were most of its log lines.
+# RQ's other lines (start, stop, failures, suspension) stay.
+RQ_JOB_LINES = frozenset(
+    {
+        "Worker %s: %s: %s",
+        "Worker %s: %s: %s (%s)",
+        "Successfully completed %s job in %ss on worker %s",
+        "Successfully completed job %s in %ss on worker %s",
+        "Worker %s: job %s result is kept for %s seconds",
+        "Worker %s: job %s result discarded immediately",
+        "Worker %s: job %s result will never expire, clean up result key manually",
+    }
+)
+
+
+class RqJobLinesFilter(logging.Filter):
+    """Drops RQ's per-job INFO lines (RQ_JOB_LINES) on the `rq.worker` logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno == logging.INFO and record.msg in RQ_JOB_LINES)
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         return json.dumps(record_dict(record), default=str, ensure_ascii=False)
@@ -363,6 +387,7 @@ def logging_config(
         "filters": {
             "context": {"()": "marketplace.logs.ContextFilter"},
             "redact": {"()": "marketplace.logs.RedactFilter"},
+            "rq_job_lines": {"()": "marketplace.logs.RqJobLinesFilter"},
         },
         "formatters": {
             "json": {"()": "marketplace.logs.JsonFormatter"},
@@ -370,5 +395,11 @@ def logging_config(
         },
         "handlers": handlers,
         "root": {"handlers": list(handlers), "level": level},
-        "loggers": {"django.request": {"level": "ERROR"}},
+        "loggers": {
+            "django.request": {"level": "ERROR"},
+            # A line per upstream call ("HTTP Request: POST …"): the executor logs each
+            # request's outcome itself, and these lines cost it a tenth of its log time.
+            "httpx": {"level": "WARNING"},
+            "rq.worker": {"filters": ["rq_job_lines"]},
+        },
     }

@@ -346,3 +346,31 @@ def test_fluentd_joins_the_handlers_only_when_a_host_is_set():
 def test_bind_outside_a_block_changes_nothing():
     logs.bind(request_id="stray")
     assert "request_id" not in logs.current()
+
+
+def test_rq_s_per_job_lines_are_dropped_and_its_other_lines_kept():
+    """RQ logs four lines per job that the executor's own request lines repeat; its start,
+    stop and failure lines stay."""
+    import logging.config
+
+    from rq.worker.base import logger as worker_log  # RQ's workers log here
+
+    stream = io.StringIO()
+    config = logs.logging_config(log_format="plain", level="INFO")
+    config["handlers"]["console"]["stream"] = stream
+    logging.config.dictConfig(config)
+    try:
+        worker_log.info("Worker %s: %s: %s", "w1", "svc:q", "job-1")
+        worker_log.info("Successfully completed %s job in %ss on worker %s", "d", 0.1, "w1")
+        worker_log.info("Worker %s: %s: %s (%s)", "w1", "svc:q", "Job OK", "job-1")
+        worker_log.info("Worker %s: job %s result is kept for %s seconds", "w1", "job-1", 500)
+        worker_log.info("Worker %s: started with PID %d, version %s", "w1", 7, "2.12")
+        worker_log.warning("Worker %s: %s: %s", "w1", "svc:q", "job-2")
+        logging.getLogger("httpx").info("HTTP Request: POST http://up/ 200")
+    finally:
+        from django.conf import settings
+
+        logging.config.dictConfig(settings.LOGGING)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 2, lines
+    assert "started with PID 7" in lines[0] and "job-2" in lines[1]
