@@ -14,14 +14,15 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import uvloop
 
 # Connections kept per upstream host by all shared HTTP clients together.
 HTTP_MAX_CONNECTIONS = 512
 # Shared HTTP clients, used in turn. httpcore's pool looks at every connection it holds (a
 # syscall or two each) whenever a request starts or ends, and counts its idle connections
 # once per idle connection: at 200 calls in flight one pool spent a third of the executor's
-# CPU doing so (docs/benchmarks.md). Eight pools of ~25 connections cost ~1/50 of that.
-HTTP_CLIENTS = 8
+# CPU doing so (docs/benchmarks.md). 32 pools of ~6 connections cost ~1/1000 of that.
+HTTP_CLIENTS = 32
 # Default timeouts of the shared HTTP client; handlers may pass tighter ones per call.
 HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
 # Seconds between checks of a waiting job thread for an asynchronous exception (job timeout).
@@ -39,7 +40,7 @@ def loop() -> asyncio.AbstractEventLoop:
     global _loop
     with _lock:
         if _loop is None or _loop.is_closed():
-            new_loop = asyncio.new_event_loop()
+            new_loop = uvloop.new_event_loop()
             new_loop.set_default_executor(
                 ThreadPoolExecutor(SYNC_HANDLER_THREADS, thread_name_prefix="sync-handler")
             )

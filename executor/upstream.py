@@ -9,6 +9,7 @@ upstream says before it reaches the client or the logs.
 """
 
 import asyncio
+import functools
 from collections.abc import Iterable
 from urllib.parse import urlsplit
 
@@ -70,7 +71,7 @@ async def post_json(
     try:
         async with asyncio.timeout(timeouts.total):
             return await runtime.http_client().post(
-                url, json=payload, headers=headers, timeout=per_phase, auth=auth
+                _parsed(url), json=payload, headers=headers, timeout=per_phase, auth=auth
             )
     except (TimeoutError, httpx.TimeoutException):
         limit = f" within {timeouts.total:g}s" if timeouts.total else " in time"
@@ -88,6 +89,13 @@ async def post_json(
             retryable=True,
             reason="unreachable",
         ) from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _parsed(url: str) -> httpx.URL:
+    """The URL parsed once: an offer calls the same few URLs, and httpx parses a string on
+    every request (a tenth of its time per call)."""
+    return httpx.URL(url)
 
 
 def check_status(response: httpx.Response, *, secrets: Iterable[str] = ()) -> None:
