@@ -89,7 +89,7 @@ def _measure(stack: Stack, upstream, requests, redis_client, mongo, queue: str) 
     if done != REQUESTS or statuses.get("succeeded") != REQUESTS:
         tail = stack.log_tail("executor")
         raise RuntimeError(f"executor scenario: statuses {statuses}; executor log:\n{tail}")
-    first_start, last_finish = _span(requests)
+    first_start, last_finish, busy = _span(requests)
     wall = last_finish - started_at
     return {
         "requests": REQUESTS,
@@ -99,6 +99,10 @@ def _measure(stack: Stack, upstream, requests, redis_client, mongo, queue: str) 
         "ideal_s": IDEAL_SECONDS,
         "startup_s": round(first_start - started_at, 2),
         "first_start_to_last_finish_s": round(last_finish - first_start, 2),
+        # Requests running at once on average (start to finish): below the concurrency when
+        # the executor cannot take jobs as fast as they end.
+        "mean_in_flight": round(busy / (last_finish - first_start), 1),
+        "mean_run_s": round(busy / REQUESTS, 2),
         "requests_per_second": round(REQUESTS / wall, 1),
         "peak_rss_mb": round(peak_mb, 1),
         "tree_peak_rss_mb": tree_peak_mb,
@@ -138,10 +142,11 @@ def _statuses(requests) -> dict[str, int]:
     return {row["_id"]: row["n"] for row in requests.aggregate(pipeline)}
 
 
-def _span(requests) -> tuple[float, float]:
-    """(first started_at, last finished_at) of the scenario's requests, epoch seconds."""
+def _span(requests) -> tuple[float, float, float]:
+    """(first started_at, last finished_at, seconds run in all) of the scenario's requests."""
     query = {"service": UPSTREAM_OFFER[0], "action": UPSTREAM_OFFER[1]}
     times = list(requests.find(query, {"started_at": 1, "finished_at": 1}))
     first = min(doc["started_at"] for doc in times)
     last = max(doc["finished_at"] for doc in times)
-    return first.timestamp(), last.timestamp()
+    busy = sum((doc["finished_at"] - doc["started_at"]).total_seconds() for doc in times)
+    return first.timestamp(), last.timestamp(), busy
