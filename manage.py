@@ -2,13 +2,13 @@
 import os
 import sys
 
-# The process's role in its log records (marketplace/logs.py).
+# The process's role in its log records (infra/logs.py).
 ROLES = {"runexecutor": "executor", "recon": "recon", "runserver": "api"}
 
 
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "marketplace.settings")
-    from marketplace import logs
+    from infra import logs
 
     logs.set_role(ROLES.get(sys.argv[1] if len(sys.argv) > 1 else "", "manage"))
     # Multiprocess metrics: the directory must exist before the first metric is created.

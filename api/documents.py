@@ -1,4 +1,6 @@
-"""The request document in MongoDB. Only api/services/requests.py and api/selectors.py touch it."""
+"""The request document in MongoDB. Only the domain reads or writes it: the services
+(api/services/), the selectors (api/selectors.py) and the health counts (api/health.py);
+processes get documents from them (tests/test_architecture.py checks it)."""
 
 from mongoengine import (
     BooleanField,
@@ -21,6 +23,11 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED, EXPIRED = (
 )
 STATUSES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELED, EXPIRED)
 TERMINAL = frozenset({SUCCEEDED, FAILED, CANCELED, EXPIRED})
+# Indexes (below) that reads led by status name as a hint: the embedded MongoDB's planner
+# may scan the collection otherwise.
+STATUS_CREATED_INDEX = [("status", 1), ("created_at", 1)]
+STATUS_FINISHED_INDEX = [("status", 1), ("finished_at", 1)]
+STATUS_EXPIRES_INDEX = [("status", 1), ("expires_at", 1)]
 
 
 class ServiceRequest(Document):
@@ -41,7 +48,7 @@ class ServiceRequest(Document):
     price = IntField(default=0)
     resource = StringField()
     handler_credits = IntField(default=0)  # integration credits per handler call
-    # Resilience (issue 8), also snapshotted: retries per call (None: the resource's default),
+    # Resilience, also snapshotted: retries per call (None: the resource's default),
     # the credential set overriding the handler's default, and the fallbacks in order, each
     # {"handler", "params", "credentials", "credits", "resource"}.
     max_retries = IntField(null=True)
@@ -88,7 +95,7 @@ class ServiceRequest(Document):
             {"fields": ["dedupe_key", "-seq"]},
             {"fields": ["user_id", "-created_at"]},
             {"fields": ["status", "created_at"]},
-            # recon/health.py's error rate: counts of what ended in the last minutes.
+            # api/health.py's error rate: counts of what ended in the last minutes.
             {"fields": ["status", "finished_at"]},
             {"fields": ["status", "expires_at"]},
         ],

@@ -8,18 +8,17 @@ from django.core.exceptions import ValidationError
 from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
-from api import deal_rules
+from api import deal_rules, defaults
 from api.prompt_templates import TemplateError, template_fields
+from executor import credentials
+from executor.handlers import all_handlers
+from executor.queues import route_for_handler
 
 # Service slugs that would shadow the API's own routes under /svc/.
 RESERVED_SERVICES = frozenset({"request", "deal", "account"})
-# Most results one request may ask a handler for.
-MAX_CREATE_QTY = 100
 
 
 def validate_handler_id(value: str) -> None:
-    from executor.handlers import all_handlers
-
     if value not in all_handlers():
         known = ", ".join(all_handlers()) or "none"
         raise ValidationError(f"no handler {value!r} is registered (registered: {known})")
@@ -42,18 +41,11 @@ def validate_params(value) -> None:
         raise ValidationError("params must be a JSON object")
 
 
-# Most fallback handlers an offer may list: each one is tried in turn, after the primary's
-# retries, so a long list mostly lengthens an outage's failures.
-MAX_FALLBACKS = 3
-# Most retries an offer may ask for per call (executor/resilience.py MAX_RETRIES_LIMIT).
-MAX_RETRIES = 10
 FALLBACK_KEYS = ("handler", "params", "credentials")
 
 
 def validate_credential_name(value: str) -> None:
     """A credential set of the active `service_map` config (executor/credentials.py)."""
-    from executor import credentials
-
     if not value:
         return
     if not re.fullmatch(credentials.NAME_PATTERN, value):
@@ -71,8 +63,8 @@ def validate_fallbacks(value) -> None:
     """A list of handler ids or {handler, params?, credentials?} mappings (see normalized)."""
     if not isinstance(value, list):
         raise ValidationError('fallbacks must be a JSON list, e.g. ["http.post"]')
-    if len(value) > MAX_FALLBACKS:
-        raise ValidationError(f"at most {MAX_FALLBACKS} fallbacks")
+    if len(value) > defaults.MAX_FALLBACKS:
+        raise ValidationError(f"at most {defaults.MAX_FALLBACKS} fallbacks")
     for index, entry in enumerate(value):
         _check_fallback(f"fallbacks[{index}]", entry)
 
@@ -153,7 +145,7 @@ class ServiceOffer(models.Model):
     handler = models.ForeignKey(ServiceHandler, on_delete=models.PROTECT, related_name="offers")
     create_qty = models.PositiveIntegerField(
         default=1,
-        validators=[MinValueValidator(1), MaxValueValidator(MAX_CREATE_QTY)],
+        validators=[MinValueValidator(1), MaxValueValidator(defaults.MAX_CREATE_QTY)],
         help_text="Number of results to generate (handler calls per request)",
     )
     expiration = models.PositiveIntegerField(
@@ -173,7 +165,7 @@ class ServiceOffer(models.Model):
     max_retries = models.PositiveSmallIntegerField(
         null=True,
         blank=True,
-        validators=[MaxValueValidator(MAX_RETRIES)],
+        validators=[MaxValueValidator(defaults.MAX_RETRIES)],
         help_text="Retries per call after a retryable upstream failure (timeout, connection "
         "error, 429, 5xx); empty: the resource's default (resource map max_retries, else 2)",
     )
@@ -229,8 +221,6 @@ class ServiceOffer(models.Model):
     def fallback_routes(self) -> list[dict]:
         """The fallbacks as the executor needs them (snapshotted on each request): handler,
         params (the offer's unless the entry has its own), credentials, credits, resource."""
-        from executor.queues import route_for_handler
-
         entries = normalized_fallbacks(self.fallbacks or [])
         if not entries:
             return []

@@ -1,10 +1,24 @@
-"""Reads: the catalog and a client's requests."""
+"""Reads: the catalog, a client's requests and account, and the work recon looks for.
 
-from api.documents import ServiceRequest
-from api.models import Account, LedgerEntry, ServiceDeal, ServiceOffer
+What recon reads is always through an index led by status (named as a hint), so a sweep
+costs what the stuck work costs, not what the history costs.
+"""
 
-# Ledger entries GET /svc/account/ lists, newest first.
-ACCOUNT_TRANSACTIONS = 100
+from datetime import UTC, datetime
+
+from django.db.models import Count, Q, Sum
+from django.db.models.functions import TruncHour
+
+from api import defaults
+from api.documents import (
+    QUEUED,
+    RUNNING,
+    STATUS_CREATED_INDEX,
+    STATUS_EXPIRES_INDEX,
+    SUCCEEDED,
+    ServiceRequest,
+)
+from api.models import Account, LedgerEntry, ServiceDeal, ServiceOffer, UsageRecord
 
 
 def offer_get_active(*, service: str, action: str) -> ServiceOffer | None:
@@ -42,9 +56,91 @@ def request_get(*, request_id: str) -> ServiceRequest | None:
 
 def account_summary(*, user) -> dict:
     account = Account.objects.filter(user=user).first()
-    entries = LedgerEntry.objects.filter(user=user)[:ACCOUNT_TRANSACTIONS]
+    entries = LedgerEntry.objects.filter(user=user)[: defaults.ACCOUNT_TRANSACTIONS]
     return {
         "balance": account.balance if account else 0,
         "held": account.held if account else 0,
         "transactions": list(entries),
     }
+
+
+# --- what recon looks for -------------------------------------------------------------------
+
+
+def requests_running_since_before(at: datetime, *, limit: int):
+    """Offer requests that started running before `at` (their executor may have died)."""
+    return (
+        ServiceRequest.objects(status=RUNNING, kind="offer", started_at__lt=at)
+        .only("id", "worker", "started_at", "attempts", "queue", "parent")
+        .hint(STATUS_CREATED_INDEX)
+        .limit(limit)
+    )
+
+
+def requests_queued_since_before(at: datetime, *, limit: int):
+    """Requests queued since before `at`, oldest first."""
+    return (
+        ServiceRequest.objects(status=QUEUED, created_at__lt=at)
+        .hint(STATUS_CREATED_INDEX)
+        .order_by("status", "created_at")
+        .limit(limit)
+    )
+
+
+def requests_succeeded_expired(at: datetime, *, limit: int):
+    """Top-level requests that succeeded and whose results expired before `at`."""
+    return (
+        ServiceRequest.objects(status=SUCCEEDED, expires_at__lt=at, parent=None)
+        .only("id")
+        .hint(STATUS_EXPIRES_INDEX)
+        .order_by("status", "expires_at")
+        .limit(limit)
+    )
+
+
+def request_ids_running(ids: list[str]) -> list[str]:
+    """Those of `ids` whose request still says running."""
+    return [doc.id for doc in ServiceRequest.objects(id__in=ids, status=RUNNING).only("id")]
+
+
+def deal_item_before(step: ServiceRequest) -> ServiceRequest | None:
+    """The deal item a pipeline step follows (None for the first item, or a missing one)."""
+    parent = ServiceRequest.objects(id=step.parent).only("children").first()
+    if parent is None or not step.position:
+        return None
+    return ServiceRequest.objects(id=parent.children[step.position - 1]).first()
+
+
+def deal_children_exist(parent: ServiceRequest) -> bool:
+    """Whether every child the deal lists was inserted (its intake did not stop half-way)."""
+    return ServiceRequest.objects(id__in=list(parent.children)).count() == len(parent.children)
+
+
+def holds_unsettled_before(at: datetime, *, limit: int) -> list[str]:
+    """Request ids of holds made before `at` that no capture or release settled yet."""
+    settled = LedgerEntry.objects.filter(settles__isnull=False).values("settles")
+    return list(
+        LedgerEntry.objects.filter(kind=LedgerEntry.HOLD, created_at__lt=at)
+        .exclude(request_id__in=settled)
+        .values_list("request_id", flat=True)[:limit]
+    )
+
+
+def usage_by_hour(*, start: datetime, end: datetime) -> list[dict]:
+    """Usage records made in [start, end), summed per UTC hour, handler, resource and client:
+    requests, calls, credits, price, succeeded, failed (recon's hourly aggregates)."""
+    rows = (
+        UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end)
+        .annotate(hour=TruncHour("created_at", tzinfo=UTC))
+        .order_by()
+        .values("hour", "handler", "resource", "user_id", "user__username")
+        .annotate(
+            requests=Count("id"),
+            calls=Sum("calls"),
+            credits=Sum("credits"),
+            price=Sum("price"),
+            succeeded=Count("id", filter=Q(status="succeeded")),
+            failed=Count("id", filter=Q(status="failed")),
+        )
+    )
+    return list(rows)

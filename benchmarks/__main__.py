@@ -21,7 +21,7 @@ import redis
 
 from benchmarks import dispatch, executor_bench, intake, measure, report, store
 from benchmarks.stack import ROOT, Stack, wait_until
-from marketplace import embedded
+from infra import embedded
 
 SCENARIOS = ("store", "executor", "dispatch", "intake")
 # Extra gunicorn arguments, to measure a configuration change before making it, e.g.

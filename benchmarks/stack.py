@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from marketplace import embedded
+from infra import embedded
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent

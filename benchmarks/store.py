@@ -2,7 +2,7 @@
 
 Each step below names the application code it stands for and sends the same commands in the
 same round trips (pipelines stay pipelines, transactions stay transactions), as read from
-api/views.py, api/throttling.py, api/services/{intake,requests,accounts}.py, executor/jobs.py,
+api/http/views.py, api/throttling.py, api/services/{intake,requests,accounts}.py, executor/jobs.py,
 executor/queues.py, executor/worker.py and RQ 2's worker. The Redis resource accounting goes
 through executor/resources.py itself (plain redis-py, no Django). What the Python around the
 operations costs (Django, DRF, mongoengine, RQ's bookkeeping) is left out, so the rate a
@@ -96,7 +96,7 @@ class Replay:
     """The stores' side of the lifecycle, one step per method, for request number `i`."""
 
     def __init__(self, stack: Stack, collection: str):
-        # Same client options as api/mongo.py; the pool size is pymongo's default, as there.
+        # Same client options as infra/stores.py; the pool size is pymongo's default, as there.
         self.client = pymongo.MongoClient(
             stack.mongo.uri, tz_aware=True, uuidRepresentation="standard"
         )

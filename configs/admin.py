@@ -22,7 +22,7 @@ from django.template.response import TemplateResponse
 from configs import protocol, store
 from configs.models import ConfigVersion
 from configs.protocol import ConfigError
-from marketplace.admin_pages import ReadOnlyPageAdmin
+from infra.admin_pages import ReadOnlyPageAdmin
 
 TEMPLATES = "admin/configs/configversion"
 # Events shown on a config's page; older ones stay in MongoDB.

@@ -2,9 +2,9 @@
 
 `config(name)` returns the materialized content (secrets decrypted, prefixes stripped) of the
 version `configs/config.yaml` asks for: the active one, or a pinned number. Each process
-keeps a copy and looks again at most every `REFRESH_SECONDS`: one small read of the active
+keeps a copy and looks again at most every SVC_CONFIG_REFRESH_SECONDS: one small read of the active
 pointer, and the version itself is loaded and decrypted only when it changed. So a new
-active version takes effect in the API, the executor and recon within `REFRESH_SECONDS` (plus
+active version takes effect in the API, the executor and recon within that many seconds (plus
 the time a running request takes to finish), without a restart.
 
 When MongoDB does not answer or a version cannot be decrypted, the last good copy is kept
@@ -13,19 +13,16 @@ callers fall back to their defaults (environment, shipped files).
 """
 
 import logging
-import os
 import threading
 import time
 from dataclasses import dataclass
 
+from django.conf import settings
+
 from configs import bootstrap, keys, protocol, store
-from marketplace import logs
+from infra import logs
 
 logger = logging.getLogger(__name__)
-
-# Seconds a process serves its copy of a config before it looks for a newer version
-# (SVC_CONFIG_REFRESH_SECONDS overrides, e.g. to make tests quick).
-REFRESH_SECONDS = float(os.environ.get("SVC_CONFIG_REFRESH_SECONDS") or 5.0)
 
 
 @dataclass
@@ -41,11 +38,12 @@ _lock = threading.Lock()
 
 def config(name: str) -> dict | None:
     """The materialized content of config `name`, or None when there is none (yet)."""
+    refresh = settings.SVC_CONFIG_REFRESH_SECONDS
     entry = _entries.get(name)
-    if entry is None or time.monotonic() - entry.checked_at >= REFRESH_SECONDS:
+    if entry is None or time.monotonic() - entry.checked_at >= refresh:
         with _lock:
             entry = _entries.get(name)
-            if entry is None or time.monotonic() - entry.checked_at >= REFRESH_SECONDS:
+            if entry is None or time.monotonic() - entry.checked_at >= refresh:
                 entry = _entries[name] = _refresh(name, entry)
     return entry.content
 
@@ -77,7 +75,7 @@ def _refresh(name: str, previous: _Entry | None) -> _Entry:
         # A config without secrets needs no key (CONFIG_FERNET_KEY may be unset).
         fernet = keys.fernet() if protocol.has_secrets(version.content) else None
         content = protocol.materialize(version.content, fernet)
-        if fernet is not None:  # no log record may quote a decrypted secret (marketplace/logs.py)
+        if fernet is not None:  # no log record may quote a decrypted secret (infra/logs.py)
             logs.register_secrets(protocol.secret_values(version.content, fernet).values())
     except Exception as exc:  # keep serving the last good copy; say why once per refresh
         logger.warning("config %s: keeping the last good version: %s", name, exc)

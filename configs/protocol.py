@@ -104,9 +104,28 @@ def _construct_env(loader: _Loader, node) -> str | None:
 _Loader.add_constructor("!ENV", _construct_env)
 
 
-def load_text(text: str, *, env: Mapping[str, str] = os.environ) -> dict:
-    """The loaded form of a config file; ConfigError lists every problem found."""
-    loader = _Loader(text, env)
+class _DecimalTextLoader(_Loader):
+    """_Loader that keeps decimals as written: `api: 1.10` pins the label "1.10", not 1.1."""
+
+
+_DecimalTextLoader.add_constructor(
+    "tag:yaml.org,2002:float", lambda loader, node: loader.construct_scalar(node)
+)
+
+# `!ENV${VAR}`, the tag glued to its value as the seed writes it, where a tag can start: YAML
+# would read `!ENV$` as the tag and stop at the brace. A space after the tag fixes it.
+_GLUED_ENV = re.compile(r"(?:^|(?<=[\s\[{,:-]))!ENV(?=[\"']|\$\{)", re.MULTILINE)
+
+
+def load_text(
+    text: str, *, env: Mapping[str, str] = os.environ, decimals_as_text: bool = False
+) -> dict:
+    """The loaded form of a config file; ConfigError lists every problem found.
+
+    `!ENV ${VAR}` and the seed's `!ENV${VAR}` both substitute the variable. With
+    `decimals_as_text`, a decimal such as `1.0` stays the text "1.0" (version labels)."""
+    text = _GLUED_ENV.sub("!ENV ", text)
+    loader = (_DecimalTextLoader if decimals_as_text else _Loader)(text, env)
     try:
         content = loader.get_single_data()
     except yaml.YAMLError as exc:

@@ -3,7 +3,7 @@
 import multiprocessing
 import os
 
-from marketplace import logs
+from infra import logs
 
 workers = int(os.environ.get("WEB_CONCURRENCY", min(4, multiprocessing.cpu_count() * 2)))
 threads = int(os.environ.get("GUNICORN_THREADS", 4))

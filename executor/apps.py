@@ -4,6 +4,10 @@ from django.apps import AppConfig
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from configs import schemas
+from executor import config_schema, metrics
+from infra.metrics import register_scrape
+
 
 class ExecutorConfig(AppConfig):
     name = "executor"
@@ -18,3 +22,5 @@ class ExecutorConfig(AppConfig):
                 raise ImproperlyConfigured(
                     f"SVC_HANDLER_MODULES: cannot import {module} ({exc})"
                 ) from exc
+        schemas.register("service_map", config_schema.check_service_map)
+        register_scrape("resources", metrics.resource_families)

@@ -14,8 +14,9 @@ half_open  the first call after the cool-down is the one trial; others are refus
 
 Each step is one Lua script reading the Redis server's clock, so two processes never both
 take the trial and a count is never lost. A process that found a breaker closed with no
-failure trusts that for CLOSED_TRUST_SECONDS without asking again (at hundreds of calls a
-second the read was a Lua call and a thread hop each); its own failures end the trust at
+failure trusts that for BREAKER_CLOSED_TRUST_SECONDS (executor/defaults.py) without asking
+again (at hundreds of calls a second the read was a Lua call and a thread hop each); its
+own failures end the trust at
 once, so only another process's failures reach it that much later. Outcomes of calls that
 were let through before the breaker opened do not move an open breaker (only the trial's
 does). Settings come from the resource map entry: `breaker_threshold` (default 5),
@@ -28,19 +29,14 @@ from dataclasses import dataclass
 
 import redis
 
-from executor import integration_metrics
+from executor import defaults, metrics
+from infra.stores import redis_connection
 
 logger = logging.getLogger(__name__)
 
-# Consecutive retryable failures that open a breaker, unless its resource says otherwise.
-DEFAULT_THRESHOLD = 5
-# Seconds an open breaker refuses calls before it lets one trial through.
-DEFAULT_COOLDOWN = 30.0
 # Every Redis key of this module starts with this.
 KEY_PREFIX = "svc:breaker:"
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
-# Seconds a process lets calls through a breaker it found closed with no failure, unasked.
-CLOSED_TRUST_SECONDS = 1.0
 # Gauge values of svc_breaker_state.
 STATE_VALUES = {CLOSED: 0, HALF_OPEN: 1, OPEN: 2}
 
@@ -134,11 +130,11 @@ class Gate:
 
 
 def threshold_of(resource) -> int:
-    return getattr(resource, "breaker_threshold", None) or DEFAULT_THRESHOLD
+    return getattr(resource, "breaker_threshold", None) or defaults.BREAKER_THRESHOLD
 
 
 def cooldown_of(resource) -> float:
-    return getattr(resource, "breaker_cooldown", None) or DEFAULT_COOLDOWN
+    return getattr(resource, "breaker_cooldown", None) or defaults.BREAKER_COOLDOWN
 
 
 # Resource name → time.monotonic() until which this process trusts its breaker closed.
@@ -170,7 +166,7 @@ def allow(resource, *, owner: str, trial_ttl: float, connection=None) -> Gate:
     decision = _text(decision)
     gate = Gate(resource.name, decision, int(failures), max(int(retry_ms), 0) / 1000)
     if connection is None and decision == CLOSED and not gate.failures:
-        _trusted[resource.name] = time.monotonic() + CLOSED_TRUST_SECONDS
+        _trusted[resource.name] = time.monotonic() + defaults.BREAKER_CLOSED_TRUST_SECONDS
     _export(resource.name, HALF_OPEN if decision == "trial" else decision)
     return gate
 
@@ -241,13 +237,11 @@ def forget() -> None:
 
 
 def _export(resource_name: str, state: str) -> None:
-    integration_metrics.BREAKER_STATE.labels(resource=resource_name).set(STATE_VALUES[state])
+    metrics.BREAKER_STATE.labels(resource=resource_name).set(STATE_VALUES[state])
 
 
 def _connection(connection):
     if connection is None:
-        from executor.queues import redis_connection  # needs Django settings: only when used
-
         connection = redis_connection()
     return connection
 

@@ -15,7 +15,7 @@ or a metric: Credentials hides them from repr(), and their values redact upstrea
 """
 
 from configs import live
-from executor.handlers import Credentials, HandlerError
+from executor.calls import Credentials, HandlerError
 
 # Credential kinds (the neighbouring seeds' "no auth", "API key", "access key + secret key"):
 # the secret fields each requires. Every one of them must be written `~name` in the config.

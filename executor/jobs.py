@@ -12,16 +12,14 @@ One job per request. Its steps, each safe to repeat:
 import logging
 import math
 import random
-import time
 
 from django.conf import settings
 from rq import Retry, get_current_job
 from rq.timeouts import JobTimeoutException
 
-from api.documents import QUEUED, SUCCEEDED, TERMINAL, ServiceRequest
+from api.documents import QUEUED, TERMINAL, ServiceRequest
 from api.selectors import request_get
-from api.services.accounts import account_capture, account_release, usage_record
-from api.services.deals import deal_child_ended, deal_child_started
+from api.services.deals import deal_child_started
 from api.services.requests import (
     now,
     request_expire,
@@ -30,24 +28,13 @@ from api.services.requests import (
     request_start,
     request_succeed,
 )
+from api.services.settlement import Usage, request_settle
+from executor import defaults, resources, routes, runtime
 from executor import metrics as executor_metrics
-from executor import resources, routes, runtime
 from executor.handlers import HandlerError, UnknownHandler, get_handler
-from marketplace import logs
+from infra import logs
 
 logger = logging.getLogger(__name__)
-
-# Seconds a job waits in-process for a saturated resource's slot before giving its executor
-# slot back (a request for another resource may be waiting for it) and retrying later.
-SATURATED_WAIT_IN_PROCESS = 2.0
-# First and longest pause between slot attempts while waiting in-process.
-SATURATED_POLL_FIRST = 0.02
-SATURATED_POLL_MAX = 0.25
-# Seconds before the first scheduled retry of a request whose resource stays saturated;
-# doubles per retry.
-SATURATED_BACKOFF_BASE = 1.0
-# Longest wait between retries of a request waiting for its resource.
-SATURATED_BACKOFF_MAX = 15.0
 
 
 def run_request(request_id: str) -> str | Retry:
@@ -70,7 +57,7 @@ def _run_request(request_id: str) -> str | Retry:
         )
     if request is None or request.status != QUEUED:
         if request is not None and request.status in TERMINAL:
-            settle_and_move_on(request)
+            request_settle(request=request)
         return "skipped"
     if request.awaits_previous:  # a pipeline step: the step before it queues it when done
         return "skipped"
@@ -182,20 +169,16 @@ def _execute(request: ServiceRequest, handler, resource, grant) -> str | Retry:
 
 
 def _acquire(request: ServiceRequest, resource):
-    """Take the request's slots and credits; wait briefly in-process while saturated (slots
-    free up in milliseconds), never while the budget is exhausted (that takes a period)."""
-    slots = min(request.create_qty, resource.max_concurrency or request.create_qty)
-    credits = request.handler_credits * request.create_qty
-    deadline = time.monotonic() + SATURATED_WAIT_IN_PROCESS
-    pause = SATURATED_POLL_FIRST
-    while True:
-        grant = resources.acquire(resource, slots=slots, credits=credits, owner=request.id)
-        if not isinstance(grant, resources.Denied) or grant.reason != "saturated":
-            return grant
-        if resource.policy == "fail" or time.monotonic() + pause > deadline:
-            return grant
-        time.sleep(random.uniform(pause / 2, pause))
-        pause = min(pause * 2, SATURATED_POLL_MAX)
+    """Take the request's slots and credits, waiting a little in-process while the resource is
+    saturated (unless its policy is to fail at once)."""
+    wait = 0.0 if resource.policy == "fail" else defaults.SATURATED_WAIT_IN_PROCESS
+    return resources.acquire_waiting(
+        resource,
+        calls=request.create_qty,
+        credits_per_call=request.handler_credits,
+        owner=request.id,
+        wait=wait,
+    )
 
 
 def _denied(request: ServiceRequest, resource, denied) -> str | Retry:
@@ -214,7 +197,9 @@ def _denied(request: ServiceRequest, resource, denied) -> str | Retry:
     if denied.reason == "exhausted":
         delay = denied.retry_after + random.uniform(0, 1)  # spread the rush at rollover
     else:
-        backoff = min(SATURATED_BACKOFF_MAX, SATURATED_BACKOFF_BASE * 2 ** min(attempt, 10))
+        backoff = min(
+            defaults.SATURATED_BACKOFF_MAX, defaults.SATURATED_BACKOFF_BASE * 2 ** min(attempt, 10)
+        )
         delay = random.uniform(backoff / 2, backoff)
     logger.info(
         "request waits for resource id=%s resource=%s reason=%s retry_in=%.1fs",
@@ -236,35 +221,19 @@ def _retry(delay: float) -> Retry:
 
 
 def _finish(request: ServiceRequest | None, grant=None) -> str:
-    """Settle credits for a request that just ended; record its usage if it made calls."""
+    """Settle a request that just ended, with the usage of its calls if it made any."""
     if request is None:
         return "skipped"
-    settle_and_move_on(request)  # first: the client sees its credits settle with the status
+    usage = None
     if grant is not None:  # it made calls: record what they cost, on what served them
-        calls = request.create_qty
         handler, resource, per_call = routes.served_by(request)
-        credits = per_call * calls
-        usage_record(
-            request=request, calls=calls, credits=credits, handler=handler, resource=resource
-        )
-        executor_metrics.calls_made(resource, credits)
+        calls = request.create_qty
+        usage = Usage(calls=calls, credits=per_call * calls, handler=handler, resource=resource)
+    request_settle(request=request, usage=usage)  # the client sees credits settle with the status
+    if usage is not None:
+        executor_metrics.calls_made(usage.resource, usage.credits)
     logger.info("request %s id=%s", request.status, request.id)
     return request.status
-
-
-def settle_and_move_on(request: ServiceRequest) -> None:
-    if request.parent:
-        deal_child_ended(request)  # the deal holds the price, and may queue the next step
-    else:
-        settle(request)
-
-
-def settle(request: ServiceRequest) -> None:
-    """Capture the hold of a succeeded request, release any other's. Idempotent."""
-    if request.status == SUCCEEDED:
-        account_capture(request_id=request.id)
-    elif request.status in TERMINAL:
-        account_release(request_id=request.id, note=request.status)
 
 
 async def execute(request, handler, resource, grant) -> routes.Outcome:

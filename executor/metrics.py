@@ -1,9 +1,12 @@
-"""The executor's Prometheus metrics, and the credit counter every process feeds.
+"""The executor's Prometheus metrics: requests executing, how long they took, what their calls
+spent, upstream retries, fallbacks and circuit breakers, and the shared resources' slots and
+budgets (read from Redis at scrape time).
 
-Labels stay bounded: `service`/`action` are catalog slugs, `status` a terminal status,
-`resource` a resource map entry, `kind` a ledger kind; never a request id or a client.
-In multiprocess mode (PROMETHEUS_MULTIPROC_DIR, marketplace/prometheus.py) the API's
-/metrics sums these over every process of the host; gauges say how (`multiprocess_mode`).
+Labels stay bounded: `resource` is a resource map entry, `reason` a failure class; never a
+request id, a URL, a header, a credential or a client.
+In multiprocess mode (PROMETHEUS_MULTIPROC_DIR, infra/metrics.py) the API's /metrics sums
+these over every process of the host; gauges say how (`multiprocess_mode`). Requests that
+ended and credits through the ledger are the domain's (api/metrics.py).
 """
 
 import contextlib
@@ -11,16 +14,15 @@ import time
 from collections.abc import Iterator
 
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from executor import resources
+from infra.stores import redis_connection
 
 # Upper bounds (seconds) of svc_job_seconds' buckets: local handlers take milliseconds, AI
 # calls seconds to minutes, and SVC_JOB_TIMEOUT ends a job at 900 s by default.
 JOB_SECONDS_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 900)
 
-REQUESTS = Counter(
-    "svc_requests_total",
-    "Requests that ended, by offer (service, action; a deal: `deal`, its name) and terminal status",
-    ["service", "action", "status"],
-)
 JOB_SECONDS = Histogram(
     "svc_job_seconds",
     "Seconds from a request's start (slots taken) to its outcome being recorded, by resource",
@@ -38,10 +40,25 @@ CREDITS_CONSUMED = Counter(
     "Integration credits spent by executed requests (handler credits x calls), by resource",
     ["resource"],
 )
-CREDITS = Counter(
-    "svc_credits_total",
-    "Client credits moved through the ledger, by kind (grant, hold, capture, release)",
-    ["kind"],
+# Set whenever a process reads or changes a breaker (executor/breaker.py).
+BREAKER_STATE = Gauge(
+    "svc_breaker_state",
+    "Circuit breaker of the resource: 0 closed, 1 half-open, 2 open",
+    ["resource"],
+    multiprocess_mode="mostrecent",
+)
+# One per retry (not per first try); reason: timeout, unreachable, 429, 5xx.
+UPSTREAM_RETRIES = Counter(
+    "svc_upstream_retries_total",
+    "Handler calls retried after a retryable upstream failure, by resource and reason",
+    ["resource", "reason"],
+)
+# Calls that went to a fallback handler instead of the offer's own, by the primary's resource
+# and why: breaker_open (refused) or failed (its retries were spent).
+FALLBACKS = Counter(
+    "svc_upstream_fallbacks_total",
+    "Requests whose primary handler was skipped or failed and a fallback was tried",
+    ["resource", "reason"],
 )
 
 
@@ -59,25 +76,48 @@ def running(resource: str) -> Iterator[None]:
         JOB_SECONDS.labels(resource=label).observe(time.perf_counter() - started)
 
 
-def request_ended(request) -> None:
-    """Count a request that reached a terminal status, in whichever process ended it (the
-    executor, the API for a cancel, recon for an expiry or an abandon): called by
-    api/services/requests.py transition(). A deal's own document has service `deal`."""
-    REQUESTS.labels(service=request.service, action=request.action, status=request.status).inc()
-
-
 def calls_made(resource: str, credits: int) -> None:
     """The integration credits an executed request's calls spent on `resource`."""
     if credits:
         CREDITS_CONSUMED.labels(resource=resource or "none").inc(credits)
 
 
-def ledger_entry_saved(sender, instance, created: bool, **kwargs) -> None:
-    """post_save of api.LedgerEntry (connected in marketplace/apps.py): every credit movement
-    in any process, counted once its transaction commits (a rolled-back hold moved nothing)."""
-    if not created:
-        return
-    from django.db import transaction
-
-    kind, amount = instance.kind, instance.amount
-    transaction.on_commit(lambda: CREDITS.labels(kind=kind).inc(amount), using=kwargs.get("using"))
+def resource_families():
+    """Slots and budgets of every resource of the map, across all hosts (Redis, at scrape time)."""
+    in_use = GaugeMetricFamily(
+        "svc_resource_slots_in_use",
+        "Concurrency slots of the resource held now, by every executor of every host",
+        labels=["resource"],
+    )
+    slots = GaugeMetricFamily(
+        "svc_resource_slots",
+        "max_concurrency of the resource (absent: unlimited)",
+        labels=["resource"],
+    )
+    budget = GaugeMetricFamily(
+        "svc_resource_budget",
+        "Integration credits the resource may spend per period",
+        labels=["resource"],
+    )
+    used = GaugeMetricFamily(
+        "svc_resource_budget_used",
+        "Integration credits the resource spent in the current period",
+        labels=["resource"],
+    )
+    remaining = GaugeMetricFamily(
+        "svc_resource_budget_remaining_ratio",
+        "Share of the resource's budget left in the current period (1: untouched, 0: spent)",
+        labels=["resource"],
+    )
+    connection = redis_connection()
+    for name, resource in sorted(resources.load_resource_map().items()):
+        snap = resources.snapshot(resource, connection=connection)
+        in_use.add_metric([name], snap["inflight"])
+        if resource.max_concurrency:
+            slots.add_metric([name], resource.max_concurrency)
+        if resource.budget:
+            spent = snap["budget_used"] or 0
+            budget.add_metric([name], resource.budget)
+            used.add_metric([name], spent)
+            remaining.add_metric([name], max(0.0, 1 - spent / resource.budget))
+    return [in_use, slots, budget, used, remaining]

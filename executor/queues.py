@@ -1,8 +1,8 @@
 """RQ queues on the one Redis connection; the API enqueues by job path, never importing handlers."""
 
 import logging
+import time
 from datetime import UTC, datetime, timedelta
-from functools import lru_cache
 
 import redis
 from django.conf import settings
@@ -12,35 +12,21 @@ from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.registry import DeferredJobRegistry, ScheduledJobRegistry
 
-from executor import liveness
+from executor import defaults, liveness
+from executor.handlers import UnknownHandler, all_handlers, get_handler
+from executor.resources import load_resource_map, queue_name
+from infra.stores import redis_connection
 
 logger = logging.getLogger(__name__)
 
 # The job the executor runs for a request (a dotted path so the API need not import it).
 RUN_REQUEST_JOB = "executor.jobs.run_request"
-# Seconds RQ's own job timeout adds to SVC_JOB_TIMEOUT: the executor's timeout ends the request
-# first, RQ's is the backstop for a job stuck outside the handler.
-JOB_TIMEOUT_MARGIN = 30
-# Seconds RQ keeps a finished job's return value; the request document holds the real result.
-RESULT_TTL = 300
-# Seconds RQ keeps a failed job for inspection in its failed registry.
-FAILURE_TTL = 7 * 24 * 3600
-
-
-@lru_cache(maxsize=1)
-def redis_connection() -> redis.Redis:
-    return redis.Redis.from_url(
-        settings.REDIS_URL, socket_timeout=10, socket_connect_timeout=3, health_check_interval=30
-    )
 
 
 def route_for_handler(handler_id: str) -> tuple[str, str]:
     """(resource, queue) for a handler: each resource has its own queue, so a saturated
     resource never holds up requests for another. Unknown handlers go to the default queue,
     where the executor fails them as unknown_handler."""
-    from executor.handlers import UnknownHandler, get_handler
-    from executor.resources import queue_name
-
     try:
         resource = get_handler(handler_id).resource
     except UnknownHandler:
@@ -51,15 +37,17 @@ def route_for_handler(handler_id: str) -> tuple[str, str]:
 def all_queue_names() -> list[str]:
     """Every queue requests can be routed to: one per resource of a registered handler or of
     the resource map, then the default queue."""
-    from executor.handlers import all_handlers
-    from executor.resources import load_resource_map, queue_name
-
     resources = {h.resource for h in all_handlers().values()} | set(load_resource_map())
     return sorted(queue_name(r) for r in resources) + [settings.SVC_DEFAULT_QUEUE]
 
 
 def get_queue(name: str | None = None) -> Queue:
     return Queue(name or settings.SVC_DEFAULT_QUEUE, connection=redis_connection())
+
+
+def job_timeout() -> int:
+    """Seconds RQ lets a request's job run: SVC_JOB_TIMEOUT plus the backstop's margin."""
+    return settings.SVC_JOB_TIMEOUT + defaults.JOB_TIMEOUT_MARGIN
 
 
 def enqueue_request(*, request_id: str, queue: str, delay: float = 0) -> None:
@@ -69,9 +57,9 @@ def enqueue_request(*, request_id: str, queue: str, delay: float = 0) -> None:
     """
     options = dict(
         job_id=request_id,
-        job_timeout=settings.SVC_JOB_TIMEOUT + JOB_TIMEOUT_MARGIN,
-        result_ttl=RESULT_TTL,
-        failure_ttl=FAILURE_TTL,
+        job_timeout=job_timeout(),
+        result_ttl=defaults.RESULT_TTL,
+        failure_ttl=defaults.FAILURE_TTL,
         description=f"request {request_id}",
     )
     if delay > 0:
@@ -119,12 +107,56 @@ def live_jobs(job_ids: list[str], *, started_within: float) -> set[str]:
                 else:
                     pipe.zscore(key, job_id)
             found = pipe.execute()
-        alive.update(
-            job_id for (job_id, _), at in zip(checks, found, strict=True) if at is not None
-        )
+        overdue = time.time() - defaults.SCHEDULED_OVERDUE_GRACE
+        for (job_id, key), at in zip(checks, found, strict=True):
+            scheduled = key.startswith(_SCHEDULED_PREFIX)
+            if at is not None and not (scheduled and at < overdue):
+                alive.add(job_id)
     return alive
 
 
+def enqueue_again(*, request_id: str, queue: str) -> None:
+    """Enqueue a request's job now, taking it out of its queue's scheduled retries first (so a
+    scheduler that wakes up later does not run it a second time)."""
+    ScheduledJobRegistry(queue, connection=redis_connection()).remove(request_id)
+    enqueue_request(request_id=request_id, queue=queue)
+
+
+def next_scheduled_in(queue_names: list[str]) -> float | None:
+    """Seconds until the earliest scheduled retry of these queues is due (<= 0: due now), or
+    None when none is scheduled."""
+    connection = redis_connection()
+    with connection.pipeline(transaction=False) as pipe:
+        for name in queue_names:
+            pipe.zrange(ScheduledJobRegistry.key_template.format(name), 0, 0, withscores=True)
+        firsts = [entries[0][1] for entries in pipe.execute() if entries]
+    return min(firsts) - time.time() if firsts else None
+
+
+def enqueue_due_scheduled(queue_names: list[str]) -> int:
+    """Move the scheduled retries of these queues that are due into their queues, as RQ's
+    scheduler does, without its lock: each job is taken out of the registry first and only the
+    process whose removal succeeded enqueues it. Returns how many this process moved."""
+    connection = redis_connection()
+    moved = 0
+    for name in queue_names:
+        registry = ScheduledJobRegistry(name, connection=connection)
+        for job_id in registry.get_jobs_to_schedule(int(time.time())):
+            job_id = job_id.decode() if isinstance(job_id, bytes) else job_id
+            if not connection.zrem(registry.key, job_id):
+                continue  # another process (or RQ's scheduler) moved it
+            try:
+                job = Job.fetch(job_id, connection=connection)
+            except NoSuchJobError:
+                continue
+            Queue(name, connection=connection)._enqueue_job(
+                job, at_front=job.should_enqueue_at_front()
+            )
+            moved += 1
+    return moved
+
+
+_SCHEDULED_PREFIX = ScheduledJobRegistry.key_template.format("")
 # Where a job that waits to run sits, by its status: its queue's list or a registry.
 _WAITING_IN = {
     "queued": Queue.redis_queue_namespace_prefix + "{}",

@@ -14,30 +14,15 @@ import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from executor.handlers import Handler, HandlerError, Timeouts
-
-# Retries of one call after its first try, unless the offer or its resource says otherwise.
-DEFAULT_MAX_RETRIES = 2
-# Most retries an offer or resource may ask for: more only lengthens an outage's queue.
-MAX_RETRIES_LIMIT = 10
-# Seconds before the first retry; doubles with each further one (then jittered), up to the cap.
-DEFAULT_BACKOFF = 0.5
-DEFAULT_BACKOFF_MAX = 10.0
-# Longest `Retry-After` honoured by waiting in-process; a longer one ends the call's retries
-# (its fallback, if any, takes over) rather than holding an executor slot for minutes.
-RETRY_AFTER_MAX = 60.0
-# Seconds a retry needs at least before the job's deadline; with less left it is not tried.
-MIN_TRY_SECONDS = 1.0
-# Seconds kept free before SVC_JOB_TIMEOUT so the executor's own timeout, not a try's, ends a
-# job that ran out of time (and so the outcome is recorded before RQ's backstop fires).
-DEADLINE_MARGIN = 1.0
+from executor import defaults
+from executor.calls import Handler, HandlerError, Timeouts
 
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_retries: int = DEFAULT_MAX_RETRIES
-    backoff: float = DEFAULT_BACKOFF
-    backoff_max: float = DEFAULT_BACKOFF_MAX
+    max_retries: int = defaults.DEFAULT_MAX_RETRIES
+    backoff: float = defaults.DEFAULT_BACKOFF
+    backoff_max: float = defaults.DEFAULT_BACKOFF_MAX
 
 
 def retry_policy(resource, offer_max_retries: int | None) -> RetryPolicy:
@@ -46,9 +31,9 @@ def retry_policy(resource, offer_max_retries: int | None) -> RetryPolicy:
     if offer_max_retries is not None:
         max_retries = offer_max_retries
     return RetryPolicy(
-        max_retries=DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
-        backoff=getattr(resource, "retry_backoff", None) or DEFAULT_BACKOFF,
-        backoff_max=getattr(resource, "retry_backoff_max", None) or DEFAULT_BACKOFF_MAX,
+        max_retries=defaults.DEFAULT_MAX_RETRIES if max_retries is None else max_retries,
+        backoff=getattr(resource, "retry_backoff", None) or defaults.DEFAULT_BACKOFF,
+        backoff_max=getattr(resource, "retry_backoff_max", None) or defaults.DEFAULT_BACKOFF_MAX,
     )
 
 
@@ -68,10 +53,10 @@ def next_delay(
         return None
     delay = backoff_delay(policy, retries_done + 1)
     if error.retry_after is not None:
-        if error.retry_after > RETRY_AFTER_MAX:
+        if error.retry_after > defaults.RETRY_AFTER_MAX:
             return None
         delay = max(delay, error.retry_after)
-    if delay + MIN_TRY_SECONDS > time_left:
+    if delay + defaults.MIN_TRY_SECONDS > time_left:
         return None
     return delay
 
@@ -112,7 +97,7 @@ def try_timeouts(
     param = params.get("timeout")
     if isinstance(param, int | float) and not isinstance(param, bool) and param > 0:
         total = float(param)
-    budget = max(time_left - DEADLINE_MARGIN, 0.001)
+    budget = max(time_left - defaults.DEADLINE_MARGIN, 0.001)
     if total is not None and total >= budget:
         total = None
     cap = total if total is not None else budget

@@ -9,16 +9,17 @@ the write it allows are one atomic step, and every clock reading is the Redis se
     released svc:res:<name>:released              ZSET, released budgeted grants (no double refund)
 
 A slot is a lease that lives `lease_ttl` seconds unless renewed, so a killed worker's slot
-comes back by itself. The map of resources is `configs/resource_map.yaml` (or the file named
-by SVC_RESOURCE_MAP). This module needs no Django settings unless a call omits `connection`.
+comes back by itself. The map of resources is the active `service_map` config's, else
+`configs/resource_map.yaml` (or the file named by SVC_RESOURCE_MAP, which wins over both).
 """
 
 import asyncio
 import contextlib
 import logging
 import math
-import os
+import random
 import re
+import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,11 +27,14 @@ from pathlib import Path
 
 import redis
 import yaml
+from django.conf import settings
+
+from configs import live
+from executor import defaults
+from infra.stores import redis_connection
 
 logger = logging.getLogger(__name__)
 
-# Environment variable naming another resource map file; read each time the map is loaded.
-RESOURCE_MAP_ENV = "SVC_RESOURCE_MAP"
 # The resource map shipped with the code, used when SVC_RESOURCE_MAP is not set.
 DEFAULT_RESOURCE_MAP = Path(__file__).resolve().parent.parent / "configs" / "resource_map.yaml"
 # Length of each budget period; windows are aligned to the UTC epoch (whole minutes, hours,
@@ -40,16 +44,6 @@ PERIOD_SECONDS = {"second": 1, "minute": 60, "hour": 3600, "day": 86400}
 POLICIES = ("wait", "fail")
 # Every Redis key of this module starts with this.
 KEY_PREFIX = "svc:res:"
-# Seconds a budget window's key outlives its window, so a call that ends just after the
-# rollover can still refund the window it was charged to.
-BUDGET_KEY_GRACE = 60
-# Longest retry_after for a saturated resource: slots are normally freed by release long
-# before their leases expire, so a waiter should look again soon.
-SATURATED_RETRY_MAX = 1.0
-# leased() renews this many times per lease_ttl, so one late renewal does not lose the slot.
-RENEWALS_PER_TTL = 3
-# Threads that run leased() renewals; their own pool, so busy handler threads never delay one.
-RENEW_THREADS = 4
 
 _NAME = re.compile(r"[A-Za-z0-9_.-]+")
 # Retries and the circuit breaker of the resource's calls (executor/resilience.py, breaker.py);
@@ -64,8 +58,6 @@ _RESILIENCE_SETTINGS = (
 )
 _SETTINGS = ("max_concurrency", "budget", "period", "policy", "lease_ttl", *_RESILIENCE_SETTINGS)
 _SECONDS = ("lease_ttl", "retry_backoff", "retry_backoff_max", "breaker_cooldown")
-# Most retries a resource may ask for (executor/resilience.py MAX_RETRIES_LIMIT).
-_MAX_RETRIES_LIMIT = 10
 _POSITIVE_OR_NULL = "must be a positive integer or null"
 _CHOICES = {"period": tuple(PERIOD_SECONDS), "policy": POLICIES, "breaker_policy": POLICIES}
 
@@ -122,17 +114,17 @@ _config_cache: tuple[object, dict[str, Resource]] | None = None
 
 
 def load_resource_map(path: str | Path | None = None) -> dict[str, Resource]:
-    """Resources by name from `path`, else SVC_RESOURCE_MAP, else the `resource_map` of the
+    """Resources by name from `path`, else the SVC_RESOURCE_MAP file, else the `resource_map` of the
     active `service_map` config (configs/live.py: a new version applies within seconds,
     without a restart), else the shipped map.
 
     A file is parsed again only when its mtime changes, a config when its version changes.
     """
-    if path is None and not os.environ.get(RESOURCE_MAP_ENV):
+    if path is None and not settings.SVC_RESOURCE_MAP:
         configured = _from_config()
         if configured is not None:
             return dict(configured)
-    path = Path(path or os.environ.get(RESOURCE_MAP_ENV) or DEFAULT_RESOURCE_MAP)
+    path = Path(path or settings.SVC_RESOURCE_MAP or DEFAULT_RESOURCE_MAP)
     try:
         mtime = path.stat().st_mtime_ns
     except OSError as exc:
@@ -145,19 +137,13 @@ def load_resource_map(path: str | Path | None = None) -> dict[str, Resource]:
 
 def _from_config() -> dict[str, Resource] | None:
     global _config_cache
-    from django.conf import settings
-
-    if not settings.configured:  # used without Django (benchmarks' store replay)
-        return None
-    from configs import live, schemas  # needs Django: only when used
-
     document = (live.config("service_map") or {}).get("resource_map")
     if not document:
         return None
     cached = _config_cache
     if cached is None or cached[0] is not document:
         try:
-            cached = _config_cache = (document, schemas.parse_resource_map(document))
+            cached = _config_cache = (document, parse_resource_map(document, source="resource_map"))
         except ResourceMapError as exc:  # validated at upload; keep the last good map
             logger.warning("service_map config: %s; keeping the last good resource map", exc)
             return cached[1] if cached else None
@@ -179,26 +165,33 @@ def _parse_map(path: Path) -> dict[str, Resource]:
         document = yaml.safe_load(path.read_text())
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
         raise ResourceMapError(f"{path}: not a readable YAML file: {' '.join(str(exc).split())}")
+    return parse_resource_map(document, source=str(path))
+
+
+def parse_resource_map(document, *, source: str) -> dict[str, Resource]:
+    """Resources by name from a resource map ({resources: {name: settings}}): the shipped file,
+    another file, or the `resource_map` of a `service_map` config. Raises ResourceMapError
+    naming `source`, the resource and the key at fault."""
     if not isinstance(document, dict) or list(document) != ["resources"]:
-        raise ResourceMapError(f"{path}: expected a mapping with the one key `resources`")
+        raise ResourceMapError(f"{source}: expected a mapping with the one key `resources`")
     entries = document["resources"]
     if not isinstance(entries, dict):
-        raise ResourceMapError(f"{path}: `resources` must be a mapping of name to settings")
-    return {name: _parse_resource(path, name, settings) for name, settings in entries.items()}
+        raise ResourceMapError(f"{source}: `resources` must be a mapping of name to settings")
+    return {name: _parse_resource(source, name, given) for name, given in entries.items()}
 
 
-def _parse_resource(path: Path, name, settings) -> Resource:
+def _parse_resource(source: str, name, given) -> Resource:
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise ResourceMapError(f"{path}: resource name {name!r} must be letters, digits, . _ -")
-    where = f"{path}: resource {name!r}"
-    if not isinstance(settings, dict):
-        raise ResourceMapError(f"{where}: expected a mapping of settings, got {settings!r}")
-    for key, value in settings.items():
+        raise ResourceMapError(f"{source}: resource name {name!r} must be letters, digits, . _ -")
+    where = f"{source}: resource {name!r}"
+    if not isinstance(given, dict):
+        raise ResourceMapError(f"{where}: expected a mapping of settings, got {given!r}")
+    for key, value in given.items():
         problem = _setting_problem(key, value)
         if problem:
             raise ResourceMapError(f"{where}: {key} {problem}, got {value!r}")
-    seconds = {key: float(settings[key]) for key in _SECONDS if key in settings}
-    return Resource(name, **{**settings, **seconds})
+    seconds = {key: float(given[key]) for key in _SECONDS if key in given}
+    return Resource(name, **{**given, **seconds})
 
 
 def _setting_problem(key, value) -> str | None:
@@ -211,9 +204,9 @@ def _setting_problem(key, value) -> str | None:
         return None if _is_positive(value, int) else "must be a positive integer"
     if key == "max_retries":
         valid = isinstance(value, int) and not isinstance(value, bool)
-        if valid and 0 <= value <= _MAX_RETRIES_LIMIT:
+        if valid and 0 <= value <= defaults.MAX_RETRIES_LIMIT:
             return None
-        return f"must be an integer from 0 to {_MAX_RETRIES_LIMIT}"
+        return f"must be an integer from 0 to {defaults.MAX_RETRIES_LIMIT}"
     if key in _CHOICES:
         if isinstance(value, str) and value in _CHOICES[key]:
             return None
@@ -353,7 +346,7 @@ def acquire(
             PERIOD_SECONDS[resource.period],
             _ms(resource.lease_ttl),
             lease_id,
-            BUDGET_KEY_GRACE,
+            defaults.BUDGET_KEY_GRACE,
         ],
     )
     if result[0] == 1:
@@ -362,8 +355,33 @@ def acquire(
     reason, retry_ms = _text(result[1]), max(int(result[2]), 0)
     retry_after = retry_ms / 1000
     if reason == "saturated":
-        retry_after = min(retry_after, SATURATED_RETRY_MAX)
+        retry_after = min(retry_after, defaults.SATURATED_RETRY_MAX)
     return Denied(resource.name, reason, retry_after)
+
+
+def slots_for(resource: Resource, calls: int) -> int:
+    """Slots a request of `calls` handler calls takes: one per call, at most all there are."""
+    return min(calls, resource.max_concurrency or calls)
+
+
+def acquire_waiting(
+    resource: Resource, *, calls: int, credits_per_call: int, owner: str, wait: float
+) -> Grant | Denied:
+    """acquire() the slots and credits of `calls` calls, looking again for up to `wait` seconds
+    while the resource is saturated (slots free up in milliseconds), with a jittered pause
+    that doubles; never while its budget is exhausted (that takes a period). Blocks: call it
+    from a job's thread or through asyncio.to_thread."""
+    slots, credits = slots_for(resource, calls), credits_per_call * calls
+    deadline = time.monotonic() + wait
+    pause = defaults.SATURATED_POLL_FIRST
+    while True:
+        grant = acquire(resource, slots=slots, credits=credits, owner=owner)
+        if not isinstance(grant, Denied) or grant.reason != "saturated":
+            return grant
+        if time.monotonic() + pause > deadline:
+            return grant
+        time.sleep(random.uniform(pause / 2, pause))
+        pause = min(pause * 2, defaults.SATURATED_POLL_MAX)
 
 
 def renew(grant: Grant, resource: Resource, connection=None) -> bool:
@@ -428,7 +446,7 @@ def snapshot(resource: Resource, connection=None) -> dict:
 async def _keep_renewed(grant: Grant, resource: Resource, connection) -> None:
     loop = asyncio.get_running_loop()
     while True:
-        await asyncio.sleep(resource.lease_ttl / RENEWALS_PER_TTL)
+        await asyncio.sleep(resource.lease_ttl / defaults.RENEWALS_PER_TTL)
         try:
             alive = await loop.run_in_executor(_renew_pool, renew, grant, resource, connection)
         except redis.RedisError as exc:
@@ -442,7 +460,7 @@ async def _keep_renewed(grant: Grant, resource: Resource, connection) -> None:
 
 
 # Threads start on first use, so importing the module costs nothing.
-_renew_pool = ThreadPoolExecutor(RENEW_THREADS, thread_name_prefix="lease-renew")
+_renew_pool = ThreadPoolExecutor(defaults.RENEW_THREADS, thread_name_prefix="lease-renew")
 
 
 def _check_request(resource: Resource, slots: int, credits: int) -> None:
@@ -461,8 +479,6 @@ def _check_request(resource: Resource, slots: int, credits: int) -> None:
 
 def _script(connection, source: str):
     if connection is None:
-        from executor.queues import redis_connection  # needs Django settings: only when used
-
         connection = redis_connection()
     return connection.register_script(source)
 

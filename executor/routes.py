@@ -20,26 +20,16 @@ which one. A handler gets all of this by declaring its resource: it only raises 
 import asyncio
 import dataclasses
 import logging
-import random
-import time
 from dataclasses import dataclass
 
 from api.documents import ServiceRequest
 from api.services.requests import request_note_try
 from configs import live
-from executor import breaker, credentials, resilience, resources, upstream
+from executor import breaker, credentials, defaults, resilience, resources, upstream
 from executor.handlers import Handler, HandlerCall, HandlerError, UnknownHandler, get_handler
-from executor.integration_metrics import FALLBACKS, UPSTREAM_RETRIES
+from executor.metrics import FALLBACKS, UPSTREAM_RETRIES
 
 logger = logging.getLogger(__name__)
-
-# Seconds a half-open trial stays its caller's beyond the try's own timeout; if its outcome is
-# never recorded (the process died) the next caller becomes the trial after that.
-TRIAL_GRACE = 5.0
-# Seconds a fallback waits in-process for a slot of its saturated resource before it is
-# skipped (the job already holds an executor slot; waiting longer would hold it idle).
-FALLBACK_SLOT_WAIT = 2.0
-FALLBACK_SLOT_POLL = 0.05
 
 
 @dataclass(frozen=True)
@@ -189,7 +179,7 @@ class _Run:
                 breaker.allow,
                 route.resource,
                 owner=self.owner(first),
-                trial_ttl=(first.timeouts.total or self.time_left()) + TRIAL_GRACE,
+                trial_ttl=(first.timeouts.total or self.time_left()) + defaults.TRIAL_GRACE,
             )
         except BaseException:
             if grant is not None:
@@ -207,22 +197,22 @@ class _Run:
 
     async def acquire(self, route: Route):
         """A fallback's slots and credits; waits briefly while its resource is saturated."""
-        request, resource = self.request, route.resource
-        slots = min(request.create_qty, resource.max_concurrency or request.create_qty)
-        credits = route.credits * request.create_qty
-        give_up = time.monotonic() + min(FALLBACK_SLOT_WAIT, max(self.time_left() - 1, 0))
-        while True:
-            try:
-                grant = await asyncio.to_thread(
-                    resources.acquire, resource, slots=slots, credits=credits, owner=request.id
-                )
-            except ValueError as exc:
-                raise _Skipped("resource_misconfigured", str(exc)) from None
-            if not isinstance(grant, resources.Denied):
-                return grant
-            if grant.reason != "saturated" or time.monotonic() >= give_up:
-                raise _Skipped(f"resource_{grant.reason}", f"{resource.name} is {grant.reason}")
-            await asyncio.sleep(random.uniform(FALLBACK_SLOT_POLL / 2, FALLBACK_SLOT_POLL))
+        wait = min(defaults.FALLBACK_SLOT_WAIT, max(self.time_left() - 1, 0))
+        try:
+            grant = await asyncio.to_thread(
+                resources.acquire_waiting,
+                route.resource,
+                calls=self.request.create_qty,
+                credits_per_call=route.credits,
+                owner=self.request.id,
+                wait=wait,
+            )
+        except ValueError as exc:
+            raise _Skipped("resource_misconfigured", str(exc)) from None
+        if isinstance(grant, resources.Denied):
+            name = route.resource.name
+            raise _Skipped(f"resource_{grant.reason}", f"{name} is {grant.reason}")
+        return grant
 
     async def calls(self, route: Route, gate: breaker.Gate, slots: int) -> list:
         """Every call of the route, at most `slots` at once; the trial (if this route holds
@@ -296,7 +286,7 @@ class _Run:
                     breaker.allow,
                     route.resource,
                     owner=self.owner(call),
-                    trial_ttl=(call.timeouts.total or self.time_left()) + TRIAL_GRACE,
+                    trial_ttl=(call.timeouts.total or self.time_left()) + defaults.TRIAL_GRACE,
                 )
                 if not gate.allowed:  # opened meanwhile (other calls, other executors)
                     raise _RouteFailed(error) from None

@@ -16,19 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import uvloop
 
-# Connections kept per upstream host by all shared HTTP clients together.
-HTTP_MAX_CONNECTIONS = 512
-# Shared HTTP clients, used in turn. httpcore's pool looks at every connection it holds (a
-# syscall or two each) whenever a request starts or ends, and counts its idle connections
-# once per idle connection: at 200 calls in flight one pool spent a third of the executor's
-# CPU doing so (docs/benchmarks.md). 32 pools of ~6 connections cost ~1/1000 of that.
-HTTP_CLIENTS = 32
-# Default timeouts of the shared HTTP client; handlers may pass tighter ones per call.
-HTTP_TIMEOUT = httpx.Timeout(60.0, connect=10.0)
-# Seconds between checks of a waiting job thread for an asynchronous exception (job timeout).
-WAIT_SLICE = 0.25
-# Threads for sync handlers; each blocking call holds one while it runs.
-SYNC_HANDLER_THREADS = 256
+from executor import defaults
+
+_TIMEOUT = httpx.Timeout(defaults.HTTP_TIMEOUT, connect=defaults.HTTP_CONNECT_TIMEOUT)
+
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
@@ -42,7 +33,7 @@ def loop() -> asyncio.AbstractEventLoop:
         if _loop is None or _loop.is_closed():
             new_loop = uvloop.new_event_loop()
             new_loop.set_default_executor(
-                ThreadPoolExecutor(SYNC_HANDLER_THREADS, thread_name_prefix="sync-handler")
+                ThreadPoolExecutor(defaults.SYNC_HANDLER_THREADS, thread_name_prefix="sync-handler")
             )
             threading.Thread(target=new_loop.run_forever, name="executor-loop", daemon=True).start()
             _loop = new_loop
@@ -60,7 +51,7 @@ def run(coro):
     try:
         while True:
             try:
-                return future.result(WAIT_SLICE)
+                return future.result(defaults.WAIT_SLICE)
             except concurrent.futures.TimeoutError:
                 if hand_back.is_set():
                     raise HandedBack() from None
@@ -93,13 +84,13 @@ def http_client() -> httpx.AsyncClient:
     """One of the process's shared async HTTP clients, in turn; call it from code running on
     `loop()` (so the clients are created, and handed out, on that one thread)."""
     if not _clients:
-        per_client = HTTP_MAX_CONNECTIONS // HTTP_CLIENTS
+        per_client = defaults.HTTP_MAX_CONNECTIONS // defaults.HTTP_CLIENTS
         limits = httpx.Limits(max_connections=per_client, max_keepalive_connections=per_client)
         _clients.extend(
-            httpx.AsyncClient(timeout=HTTP_TIMEOUT, limits=limits, follow_redirects=False)
-            for _ in range(HTTP_CLIENTS)
+            httpx.AsyncClient(timeout=_TIMEOUT, limits=limits, follow_redirects=False)
+            for _ in range(defaults.HTTP_CLIENTS)
         )
-    return _clients[next(_next_client) % HTTP_CLIENTS]
+    return _clients[next(_next_client) % defaults.HTTP_CLIENTS]
 
 
 @atexit.register

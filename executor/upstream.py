@@ -15,11 +15,9 @@ from urllib.parse import urlsplit
 
 import httpx
 
-from executor import resilience, runtime
-from executor.handlers import HandlerCall, HandlerError, Timeouts
+from executor import defaults, resilience, runtime
+from executor.calls import HandlerCall, HandlerError, Timeouts
 
-# Longest piece of an upstream's own error text copied into a client-visible message.
-UPSTREAM_MESSAGE_LIMIT = 200
 # What stands in for a secret the upstream echoed back.
 REDACTED = "[redacted]"
 
@@ -64,9 +62,9 @@ async def post_json(
     retryable errors."""
     timeouts = timeouts or Timeouts(connect=timeout, read=timeout, total=timeout)
     per_phase = httpx.Timeout(
-        timeouts.total or runtime.HTTP_TIMEOUT.read,
-        connect=timeouts.connect or runtime.HTTP_TIMEOUT.connect,
-        read=timeouts.read or timeouts.total or runtime.HTTP_TIMEOUT.read,
+        timeouts.total or defaults.HTTP_TIMEOUT,
+        connect=timeouts.connect or defaults.HTTP_CONNECT_TIMEOUT,
+        read=timeouts.read or timeouts.total or defaults.HTTP_TIMEOUT,
     )
     try:
         async with asyncio.timeout(timeouts.total):
@@ -108,7 +106,7 @@ def check_status(response: httpx.Response, *, secrets: Iterable[str] = ()) -> No
     message = f"the upstream answered HTTP {status}"
     detail = upstream_error_detail(response)
     if detail:
-        message += f": {redact(detail, secrets)[:UPSTREAM_MESSAGE_LIMIT]}"
+        message += f": {redact(detail, secrets)[: defaults.UPSTREAM_MESSAGE_LIMIT]}"
     if status == 429:
         raise HandlerError(
             "upstream_error",

@@ -24,32 +24,18 @@ from rq.queue import Queue
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
-from executor import liveness, runtime
-
-# Seconds one blocking dequeue waits before the loop re-checks for a stop request.
-DEQUEUE_POLL_SECONDS = 2
-# Seconds between checks for a stop request (and heartbeats) while every slot is busy.
-SLOT_WAIT_SECONDS = 1
-# Seconds after a stop signal during which another signal is taken as the same request.
-FORCE_STOP_DEBOUNCE_SECONDS = 1.0
-# Seconds the loop pauses after Redis did not answer, before it tries again.
-REDIS_LOST_PAUSE_SECONDS = 1.0
-# Default seconds in-flight jobs get to finish after a stop request before they are handed back.
-DEFAULT_SHUTDOWN_GRACE = 25
-# RQ's loop beats the worker's key before and after every dequeue and looks for `rq suspend`
-# before each one: built for one job at a time, at hundreds of jobs a second it was a third
-# of the executor's CPU (two round trips each, in the one thread that dispatches). The key
-# lives `worker_ttl` + 60 s and a suspension waits for a second anyway, so once per period
-# says the same. Beats that ride in a job's pipeline are RQ's, untouched.
-HEARTBEAT_EVERY_SECONDS = 5.0
-SUSPENSION_CHECK_EVERY_SECONDS = 1.0
+from executor import defaults, liveness, queues, runtime
 
 
 class ConcurrentWorker(SimpleWorker):
     death_penalty_class = TimerDeathPenalty
 
     def __init__(
-        self, *args, concurrency: int = 64, shutdown_grace: float = DEFAULT_SHUTDOWN_GRACE, **kwargs
+        self,
+        *args,
+        concurrency: int = 64,
+        shutdown_grace: float = defaults.SHUTDOWN_GRACE,
+        **kwargs,
     ):
         # Before super().__init__, which sets self.execution and may record a state.
         self._local = threading.local()
@@ -68,6 +54,7 @@ class ConcurrentWorker(SimpleWorker):
         self._inflight_lock = threading.Lock()
         self._force_stop = threading.Event()
         self._cancels: dict[str, threading.Event] = {}
+        self._job_ended = threading.Event()  # set whenever a job's thread finishes
         self._stop_signal_at = float("-inf")
 
     # RQ keeps the running job's Execution on the worker; with many jobs it is per thread.
@@ -96,7 +83,7 @@ class ConcurrentWorker(SimpleWorker):
 
     def heartbeat(self, timeout=None, pipeline=None):
         if pipeline is None and timeout is None:
-            if time.monotonic() - self._beat_at < HEARTBEAT_EVERY_SECONDS:
+            if time.monotonic() - self._beat_at < defaults.HEARTBEAT_EVERY_SECONDS:
                 return None
             self._beat_at = time.monotonic()
         return self._riding_out("heartbeat", super().heartbeat, timeout, pipeline)
@@ -117,14 +104,14 @@ class ConcurrentWorker(SimpleWorker):
         self._riding_out("maintenance", super().run_maintenance_tasks)
 
     def check_for_suspension(self, burst: bool) -> None:
-        if time.monotonic() - self._suspension_checked_at < SUSPENSION_CHECK_EVERY_SECONDS:
+        if time.monotonic() - self._suspension_checked_at < defaults.SUSPENSION_CHECK_EVERY_SECONDS:
             return
         self._suspension_checked_at = time.monotonic()
         try:
             super().check_for_suspension(burst)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             self.log.warning("Worker %s: suspension check failed (%s); going on", self.name, exc)
-            time.sleep(REDIS_LOST_PAUSE_SECONDS)  # the dequeue then waits for Redis itself
+            time.sleep(defaults.REDIS_LOST_PAUSE_SECONDS)  # the dequeue then waits for Redis itself
 
     # Liveness for recon (executor/liveness.py): a beat every few seconds from its own thread.
     def register_birth(self) -> None:
@@ -148,7 +135,7 @@ class ConcurrentWorker(SimpleWorker):
                 liveness.beat(self.connection, self.name)
             except redis.RedisError as exc:  # recon may count us dead: say so, keep trying
                 self.log.warning("Worker %s: liveness beat failed: %s", self.name, exc)
-            if self._beating.wait(liveness.BEAT_SECONDS):
+            if self._beating.wait(liveness.beat_seconds()):
                 return
 
     def dequeue_job_and_maintain_ttl(self, timeout, max_idle_time=None):
@@ -164,7 +151,7 @@ class ConcurrentWorker(SimpleWorker):
         return result
 
     def _take_slot(self) -> bool:
-        while not self._slots.acquire(timeout=SLOT_WAIT_SECONDS):
+        while not self._slots.acquire(timeout=defaults.SLOT_WAIT_SECONDS):
             self.heartbeat()
             if self._stop_requested:
                 return False
@@ -175,20 +162,51 @@ class ConcurrentWorker(SimpleWorker):
 
     def _dequeue_polling(self, timeout, max_idle_time):
         # RQ's dequeue blocks until a job arrives; short polls let the loop see a stop request.
-        if timeout is None:  # burst: one non-blocking look
-            return super().dequeue_job_and_maintain_ttl(None, max_idle_time)
+        if timeout is None:
+            return self._dequeue_burst(max_idle_time)
         idle_since = time.monotonic()
         while not self._stop_requested:
             try:
-                result = super().dequeue_job_and_maintain_ttl(timeout, DEQUEUE_POLL_SECONDS)
+                result = super().dequeue_job_and_maintain_ttl(
+                    timeout, defaults.DEQUEUE_POLL_SECONDS
+                )
             except redis.TimeoutError as exc:  # RQ waits out refused connections, not timeouts
                 self.log.warning("Worker %s: dequeue timed out (%s); going on", self.name, exc)
-                time.sleep(REDIS_LOST_PAUSE_SECONDS)
+                time.sleep(defaults.REDIS_LOST_PAUSE_SECONDS)
                 continue
             if result is not None:
                 return result
             if max_idle_time is not None and time.monotonic() - idle_since >= max_idle_time:
                 return None
+        return None
+
+    def _dequeue_burst(self, max_idle_time):
+        """Burst mode: a job, or None once the work is done. RQ's burst ends at the first empty
+        look, stranding the retries its own jobs scheduled meanwhile (a saturated resource's
+        request waits seconds, scheduled): this one ends when its queues are empty, no job is
+        in flight and no retry of its queues falls due within BURST_SCHEDULED_WAIT_MAX."""
+        names = self.queue_names()
+        while not self._stop_requested:
+            result = super().dequeue_job_and_maintain_ttl(None, max_idle_time)
+            if result is not None:
+                return result
+            self._job_ended.clear()
+            if self._inflight:  # a job that ends may schedule its own retry
+                self._job_ended.wait(defaults.BURST_SCHEDULED_POLL_MAX)
+                continue
+            due_in = queues.next_scheduled_in(names)
+            if due_in is None:
+                return None
+            if due_in > defaults.BURST_SCHEDULED_WAIT_MAX:
+                self.log.info(
+                    "Worker %s: done; retries scheduled in %.0fs are left to the next executor",
+                    self.name,
+                    due_in,
+                )
+                return None
+            if due_in > 0:
+                time.sleep(min(due_in, defaults.BURST_SCHEDULED_POLL_MAX))
+            queues.enqueue_due_scheduled(names)
         return None
 
     def execute_job(self, job: Job, queue: Queue) -> None:
@@ -215,6 +233,7 @@ class ConcurrentWorker(SimpleWorker):
             if idle and not self._stop_requested:
                 self.set_state(WorkerStatus.IDLE)
             self._slots.release()
+            self._job_ended.set()
 
     def handle_payload(self, message) -> None:
         """RQ's stop-job command (sent when a client cancels) cancels that job's calls."""
@@ -245,7 +264,7 @@ class ConcurrentWorker(SimpleWorker):
 
     def request_force_stop(self, signum, frame) -> None:
         # A process group's Ctrl-C plus a supervisor's SIGTERM arrive together: one request.
-        if time.monotonic() - self._stop_signal_at < FORCE_STOP_DEBOUNCE_SECONDS:
+        if time.monotonic() - self._stop_signal_at < defaults.FORCE_STOP_DEBOUNCE_SECONDS:
             return
         self.log.warning(
             "Worker %s: second signal, handing back %d job(s) now", self.name, self.inflight
@@ -263,7 +282,7 @@ class ConcurrentWorker(SimpleWorker):
         while self._inflight and not self._force_stop.is_set():
             if self._stop_requested and time.monotonic() >= deadline:
                 break
-            if time.monotonic() - last_beat > SLOT_WAIT_SECONDS:
+            if time.monotonic() - last_beat > defaults.SLOT_WAIT_SECONDS:
                 self.heartbeat()
                 last_beat = time.monotonic()
             self._force_stop.wait(0.05)

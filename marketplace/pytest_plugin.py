@@ -14,8 +14,9 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from pymongo.uri_parser import parse_uri
 
-from marketplace import embedded
+from infra import embedded
 
 _servers: list[embedded.Server] = []
 _tmp = Path(tempfile.mkdtemp(prefix="svc-tests-"))
@@ -40,8 +41,6 @@ def pytest_load_initial_conftests(early_config, parser, args):
 
 
 def _with_db(uri: str, db: str) -> str:
-    from pymongo.uri_parser import parse_uri
-
     base, _, query = uri.partition("?")
     if parse_uri(uri).get("database"):
         base = base.rsplit("/", 1)[0]

@@ -6,8 +6,17 @@ from pathlib import Path
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
 
-from marketplace import logs
-from marketplace.envs import envbool, envint, envstr, load_dev_env
+from infra import logs
+from infra.envs import (
+    envbool,
+    envfloat,
+    envint,
+    envlist,
+    envmatching,
+    envoptional,
+    envstr,
+    load_dev_env,
+)
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 DATA_DIR = Path(envstr("DATA_DIR", str(BASE_DIR / ".data"))).resolve()
@@ -33,16 +42,16 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "django_prometheus",
+    "infra.apps.InfraConfig",
     "api",
     "executor",
     "recon",
     "configs",
-    "marketplace.apps.ObservabilityConfig",
 ]
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
-    "marketplace.logs.ContextMiddleware",
+    "infra.logs.ContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -134,7 +143,8 @@ EXECUTOR_SHUTDOWN_GRACE = envint("EXECUTOR_SHUTDOWN_GRACE", 25)
 # before it is failed (`abandoned`); seconds a queued request may lack an RQ job, and a hold
 # a settlement, before recon repairs them.
 SVC_RECON_INTERVAL = envint("SVC_RECON_INTERVAL", 10)
-# Port on 127.0.0.1 where recon serves its own /metrics (0: none; issue 9 unifies exposure).
+# Port on 127.0.0.1 where recon serves its own /metrics (0: none; the API's /metrics shows
+# recon's series anyway in multiprocess mode).
 SVC_RECON_METRICS_PORT = envint("SVC_RECON_METRICS_PORT", 0)
 SVC_MAX_ATTEMPTS = envint("SVC_MAX_ATTEMPTS", 3)
 SVC_RECON_QUEUED_GRACE = envint("SVC_RECON_QUEUED_GRACE", 30)
@@ -144,10 +154,23 @@ SVC_DEFAULT_QUEUE = envstr("SVC_DEFAULT_QUEUE", "svc-default")
 # Python modules of handlers installed beside executor/handlers (comma-separated dotted paths,
 # e.g. "acme_handlers.vision"): imported at start-up by every process, their @handler
 # functions join the registry. The API, the executor and recon must list the same modules.
-SVC_HANDLER_MODULES = [m.strip() for m in os.environ.get("SVC_HANDLER_MODULES", "").split(",")]
-SVC_HANDLER_MODULES = [module for module in SVC_HANDLER_MODULES if module]
+SVC_HANDLER_MODULES = envlist("SVC_HANDLER_MODULES")
+# Seconds without a liveness beat after which an executor counts as dead (at least 2; the
+# executors and recon must agree on it). Lower means faster recovery and more false deaths of
+# a process frozen for a moment (a long GC pause, a swapped-out host).
+SVC_EXECUTOR_DEAD_AFTER = float(max(envint("SVC_EXECUTOR_DEAD_AFTER", 20), 2))
+# Another resource map file than configs/resource_map.yaml (it then wins over the config's).
+SVC_RESOURCE_MAP = envoptional("SVC_RESOURCE_MAP")
+# Configs (configs/): the bootstrap file (default: the shipped configs/config.yaml) and the
+# seconds a process serves its copy of a config before it looks for a newer version.
+SVC_CONFIG_BOOTSTRAP = envoptional("SVC_CONFIG_BOOTSTRAP")
+SVC_CONFIG_REFRESH_SECONDS = envfloat("SVC_CONFIG_REFRESH_SECONDS", 5.0)
+# openai.chat: the base URL when neither the offer nor the service_map config gives one, and
+# the `*_API_KEY` variables an offer's `params.api_key_env` may name (only those).
+OPENAI_BASE_URL = envoptional("OPENAI_BASE_URL")
+UPSTREAM_API_KEYS = envmatching("_API_KEY")
 
-# Recon's health (recon/health.py): the error rate counts requests that ended within this many
+# Recon's health (api/health.py): the error rate counts requests that ended within this many
 # minutes. Alerts (recon/alerts.py): a queued request older than SVC_ALERT_STUCK_SECONDS, or an
 # error rate above SVC_ALERT_ERROR_RATE (a fraction, over at least 10 ended requests), fires;
 # a condition still firing is sent again every SVC_ALERT_REPEAT_MINUTES. A queue without a live
@@ -157,29 +180,26 @@ SVC_HEALTH_ERROR_MINUTES = envint("SVC_HEALTH_ERROR_MINUTES", 5)
 SVC_ALERT_STUCK_SECONDS = envint("SVC_ALERT_STUCK_SECONDS", 300)
 SVC_ALERT_NO_EXECUTOR_SECONDS = envint("SVC_ALERT_NO_EXECUTOR_SECONDS", 60)
 SVC_ALERT_REPEAT_MINUTES = envint("SVC_ALERT_REPEAT_MINUTES", 30)
-try:
-    SVC_ALERT_ERROR_RATE = float(envstr("SVC_ALERT_ERROR_RATE", "0.5"))
-except ValueError:
-    raise ImproperlyConfigured("SVC_ALERT_ERROR_RATE is not a number; set it to e.g. 0.5.")
+SVC_ALERT_ERROR_RATE = envfloat("SVC_ALERT_ERROR_RATE", 0.5)
 # Where alerts go; either may be unset (then that kind is not sent). Both URLs hold tokens:
-# never log them. Read directly because envstr treats an empty value as a missing one.
-DISCORD_WEBHOOK_URL = os.environ.get("DISCORD_WEBHOOK_URL", "")
-SVC_ALERT_WEBHOOK_URL = os.environ.get("SVC_ALERT_WEBHOOK_URL", "")
+# never log them.
+DISCORD_WEBHOOK_URL = envoptional("DISCORD_WEBHOOK_URL")
+SVC_ALERT_WEBHOOK_URL = envoptional("SVC_ALERT_WEBHOOK_URL")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.TokenAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
-    "EXCEPTION_HANDLER": "api.errors.exception_handler",
+    "EXCEPTION_HANDLER": "api.http.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
 }
 
-# Logs (marketplace/logs.py): JSON lines (LOG_FORMAT=json, the default) or plain text on the
+# Logs (infra/logs.py): JSON lines (LOG_FORMAT=json, the default) or plain text on the
 # console; with FLUENTD_HOST set, the same records also go to Fluentd (forward protocol, tag
 # `<FLUENTD_TAG>.<role>`). Every record carries the request context and has secrets redacted.
 LOG_FORMAT = envstr("LOG_FORMAT", "json")
-FLUENTD_HOST = os.environ.get("FLUENTD_HOST", "")
+FLUENTD_HOST = envoptional("FLUENTD_HOST")
 FLUENTD_PORT = envint("FLUENTD_PORT", 24224)
 FLUENTD_TAG = envstr("FLUENTD_TAG", "svc")
 try:
@@ -192,12 +212,12 @@ try:
     )
 except ValueError as exc:
     raise ImproperlyConfigured(str(exc)) from None
-logs.register_env_secrets()
+logs.register_env_secrets(os.environ)
 
 # Metrics: with PROMETHEUS_MULTIPROC_DIR set (`make run` sets it), every process on the host
 # (gunicorn workers, executors, recon) writes its metrics there and the API's /metrics serves
-# them all (marketplace/prometheus.py); without it, each process serves only its own.
-PROMETHEUS_MULTIPROC_DIR = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+# them all (infra/metrics.py); without it, each process serves only its own.
+PROMETHEUS_MULTIPROC_DIR = envoptional("PROMETHEUS_MULTIPROC_DIR")
 # Whether /metrics drops the live gauges of processes that no longer exist (killed with -9).
 # Turn it off when processes of different PID namespaces share the directory.
 SVC_METRICS_PRUNE_DEAD = envbool("SVC_METRICS_PRUNE_DEAD", True)

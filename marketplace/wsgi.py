@@ -1,9 +1,9 @@
 import os
 
-from marketplace import logs
+from infra import logs
 
 logs.set_role("api")
-# Multiprocess metrics (marketplace/prometheus.py): the directory must exist before the first
+# Multiprocess metrics (infra/metrics.py): the directory must exist before the first
 # metric is created; gunicorn's child_exit hook (deploy/gunicorn.conf.py) forgets dead workers.
 if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
     os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)

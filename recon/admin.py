@@ -13,14 +13,11 @@ from itertools import groupby
 from django.contrib import admin
 from django.template.response import TemplateResponse
 
-from marketplace.admin_pages import ReadOnlyPageAdmin
-from recon import usage
+from infra.admin_pages import ReadOnlyPageAdmin
+from recon import defaults, usage
 from recon.models import UsageHour
 
 TEMPLATE = "admin/recon/usagehour/hourly.html"
-# Hours shown unless the page asks for others (?hours=N), and the most it may ask for.
-DEFAULT_HOURS_SHOWN = 24
-MAX_HOURS_SHOWN = 24 * 31
 FIGURES = ("requests", "succeeded", "failed", "calls", "credits", "price")
 
 
@@ -46,10 +43,10 @@ class UsageHourAdmin(ReadOnlyPageAdmin):
 
 def hours_shown(value: str | None) -> int:
     try:
-        hours = int(value) if value else DEFAULT_HOURS_SHOWN
+        hours = int(value) if value else defaults.USAGE_HOURS_SHOWN
     except ValueError:
-        hours = DEFAULT_HOURS_SHOWN
-    return min(max(hours, 1), MAX_HOURS_SHOWN)
+        hours = defaults.USAGE_HOURS_SHOWN
+    return min(max(hours, 1), defaults.USAGE_MAX_HOURS_SHOWN)
 
 
 def totals(rows: list[dict]) -> dict:

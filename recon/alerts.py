@@ -17,20 +17,15 @@ from dataclasses import dataclass
 import httpx
 from django.conf import settings
 
-from executor.queues import redis_connection
-from recon.health import Health
+from api.health import Health
+from infra.stores import redis_connection
+from recon import defaults
 from recon.metrics import ALERTS_SENT
 
 logger = logging.getLogger(__name__)
 
 ACTIVE_KEY = "svc:alerts:active"
 SENT_KEY_PREFIX = "svc:alert:"
-# Seconds one webhook call may take; recon's loop waits for it.
-SEND_TIMEOUT = 3.0
-# Ended requests the error rate needs before it can fire (two failures of three is noise).
-ERROR_RATE_MIN_FINISHED = 10
-# Discord rejects a message longer than this.
-DISCORD_MAX_CHARS = 2000
 
 
 @dataclass(frozen=True)
@@ -54,7 +49,7 @@ def conditions(health: Health, repaired: Mapping[str, int]) -> list[Condition]:
         message = f"{name}: {use.used} of {use.budget} credits spent this {use.period}"
         found.append(Condition(f"budget:{name}", message))
     if (
-        health.finished >= ERROR_RATE_MIN_FINISHED
+        health.finished >= defaults.ERROR_RATE_MIN_FINISHED
         and health.error_rate > settings.SVC_ALERT_ERROR_RATE
     ):
         found.append(
@@ -109,7 +104,7 @@ def notify(name: str, state: str, message: str, health: Health) -> bool:
     log("alert %s %s: %s", name, state, message)
     posts = []
     if settings.DISCORD_WEBHOOK_URL:
-        content = f"[{state}] {name}: {message}"[:DISCORD_MAX_CHARS]
+        content = f"[{state}] {name}: {message}"[: defaults.DISCORD_MAX_CHARS]
         posts.append(("discord", settings.DISCORD_WEBHOOK_URL, {"content": content}))
     if settings.SVC_ALERT_WEBHOOK_URL:
         body = {"alert": name, "state": state, "message": message, "at": health.at.isoformat()}
@@ -120,7 +115,7 @@ def notify(name: str, state: str, message: str, health: Health) -> bool:
 
 def _post(kind: str, url: str, body: dict) -> bool:
     try:
-        response = httpx.post(url, json=body, timeout=SEND_TIMEOUT)
+        response = httpx.post(url, json=body, timeout=defaults.SEND_TIMEOUT)
         response.raise_for_status()
     except (httpx.HTTPError, ValueError) as exc:
         # The URL carries the webhook's token: name its host only, and the error's class.

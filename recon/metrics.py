@@ -1,6 +1,6 @@
 """Recon's metrics (prometheus_client's default registry).
 
-In multiprocess mode (marketplace/prometheus.py) the API's /metrics shows them: the gauges
+In multiprocess mode (infra/metrics.py) the API's /metrics shows them: the gauges
 take the most recent value any live recon process set (`livemostrecent`), and disappear when
 no recon runs (an alert watches for that: deploy/prometheus/alerts.yml, SvcReconDown).
 """
@@ -53,7 +53,7 @@ class _ExportedGauge(Gauge):
             super().clear()
 
 
-# Set by recon/health.py's export() once per recon loop.
+# Set by api/health.py's export() once per recon loop.
 QUEUE_DEPTH = _ExportedGauge(
     "svc_queue_depth", "Jobs waiting in the RQ queue", ["queue"], multiprocess_mode="livemostrecent"
 )

@@ -9,27 +9,21 @@ executed request, so canceled and expired ones are in it but in neither `succeed
 `failed`. Each pass recomputes whole hours from the records (an indexed range on
 `created_at`) and replaces their documents by a deterministic _id, so a pass run twice, or by
 two recon processes at once, leaves the same documents. Only this module touches the
-collection; it reaches MongoDB through the app's connection (api/mongo.py).
+collection; it reaches MongoDB through the process's connection (infra/stores.py).
 """
 
 from datetime import UTC, datetime, timedelta
 
-from django.db.models import Count, Q, Sum
-from django.db.models.functions import TruncHour
 from mongoengine.connection import get_db
 from pymongo import ASCENDING, DESCENDING, ReplaceOne
 
-from api.models import UsageRecord
+from api.selectors import usage_by_hour
+from recon import defaults
 
 COLLECTION = "usage_hourly"
-# Hours recomputed by one pass: the current one and the one before, whose last records may
-# have been written after the previous pass read it.
-DEFAULT_HOURS = 2
-# Most groups one bulk write sends; larger windows are written in several round trips.
-WRITE_BATCH = 1000
 
 
-def aggregate_hours(*, hours: int = DEFAULT_HOURS, at: datetime | None = None) -> int:
+def aggregate_hours(*, hours: int = defaults.USAGE_HOURS, at: datetime | None = None) -> int:
     """Recompute the last `hours` hours (the current one included); returns documents written."""
     at = at or datetime.now(UTC)
     start, end = window_start(at, hours), window_start(at, 1) + timedelta(hours=1)
@@ -40,8 +34,10 @@ def aggregate_hours(*, hours: int = DEFAULT_HOURS, at: datetime | None = None) -
         ReplaceOne({"_id": doc["_id"]}, doc | {"computed_at": computed_at}, upsert=True)
         for doc in _groups(start, end)
     ]
-    for offset in range(0, len(operations), WRITE_BATCH):
-        collection.bulk_write(operations[offset : offset + WRITE_BATCH], ordered=False)
+    for offset in range(0, len(operations), defaults.USAGE_WRITE_BATCH):
+        collection.bulk_write(
+            operations[offset : offset + defaults.USAGE_WRITE_BATCH], ordered=False
+        )
     return len(operations)
 
 
@@ -76,21 +72,7 @@ def ensure_indexes() -> None:
 
 
 def _groups(start: datetime, end: datetime) -> list[dict]:
-    rows = (
-        UsageRecord.objects.filter(created_at__gte=start, created_at__lt=end)
-        .annotate(hour=TruncHour("created_at", tzinfo=UTC))
-        .order_by()
-        .values("hour", "handler", "resource", "user_id", "user__username")
-        .annotate(
-            requests=Count("id"),
-            calls=Sum("calls"),
-            credits=Sum("credits"),
-            price=Sum("price"),
-            succeeded=Count("id", filter=Q(status="succeeded")),
-            failed=Count("id", filter=Q(status="failed")),
-        )
-    )
-    return [_document(row) for row in rows]
+    return [_document(row) for row in usage_by_hour(start=start, end=end)]
 
 
 def _document(row: dict) -> dict:

@@ -1,4 +1,7 @@
+from pathlib import Path
+
 import pytest
+from cryptography.fernet import Fernet
 from mongoengine.connection import get_db
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -6,11 +9,25 @@ from rest_framework.test import APIClient
 from api.documents import ServiceRequest
 from api.models import ServiceHandler, ServiceOffer
 from api.services.accounts import account_grant
+from configs import keys
 from configs import live as config_live
 from configs import store as config_store
 from executor import breaker
-from executor.queues import redis_connection
+from infra.stores import redis_connection
 from recon import usage
+
+# The loopback stub servers (upstreams, Fluentd, alert webhooks) every test directory uses.
+pytest_plugins = ["tests.stubs.fixtures"]
+
+
+SYSTEM_TESTS = Path(__file__).resolve().parent / "system"
+
+
+def pytest_collection_modifyitems(items):
+    """Every test under tests/system/ is a `system` test (`make test-fast` deselects them)."""
+    for item in items:
+        if SYSTEM_TESTS in Path(item.fspath).parents:
+            item.add_marker(pytest.mark.system)
 
 
 @pytest.fixture(autouse=True)
@@ -26,6 +43,15 @@ def clean_stores():
     redis_connection().flushdb()
     breaker.forget()
     yield
+
+
+@pytest.fixture
+def fresh_fernet_key(monkeypatch) -> str:
+    """A new CONFIG_FERNET_KEY (the shipped bootstrap's key) in this process's environment,
+    which the executor processes a test starts inherit."""
+    key = Fernet.generate_key().decode()
+    monkeypatch.setenv(keys.KEY_ENV, key)
+    return key
 
 
 def _client_for(user) -> APIClient:

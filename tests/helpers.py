@@ -7,7 +7,8 @@ from pathlib import Path
 
 from rq import SimpleWorker
 
-from executor.queues import all_queue_names, get_queue, redis_connection
+from executor.queues import all_queue_names, get_queue
+from infra.stores import redis_connection
 
 
 def run_worker(*queues: str) -> None:

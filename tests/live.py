@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from marketplace.embedded import free_port
+from infra.embedded import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 CATALOG = """
@@ -52,7 +52,7 @@ class LiveStack:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # Multiprocess metrics: every process of the stack writes here, the API serves them all
-        # (marketplace/prometheus.py). One directory per stack, empty at the start.
+        # (infra/metrics.py). One directory per stack, empty at the start.
         self.metrics_dir = workdir / f"prometheus-{self.port}"
         self.metrics_dir.mkdir(parents=True, exist_ok=False)
         self.env["PROMETHEUS_MULTIPROC_DIR"] = str(self.metrics_dir)

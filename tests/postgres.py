@@ -13,7 +13,7 @@ import subprocess
 import tempfile
 from pathlib import Path
 
-from marketplace.embedded import free_port
+from infra.embedded import free_port
 
 INSTALL_HINT = "apt-get install postgresql (or set DATABASE_URL=postgres://…)"
 

@@ -17,6 +17,12 @@ from api.errors import ApplicationError
 from api.models import Account, LedgerEntry, UsageRecord
 
 
+def account_open(*, user) -> Account:
+    """The client's account, created with a zero balance if it has none yet."""
+    account, _ = Account.objects.get_or_create(user=user)
+    return account
+
+
 def account_grant(*, user, amount: int, note: str = "", key: str | None = None) -> LedgerEntry:
     """Add credits. `key` makes a grant idempotent (the same key grants once)."""
     if amount <= 0:

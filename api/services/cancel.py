@@ -1,23 +1,29 @@
-"""Client cancel: a queued request ends at once; a running one is signalled to stop."""
+"""Client cancel: a queued request ends at once and is settled (its hold released); a running
+one is signalled to stop (its executor ends and settles it); a deal ends with its items."""
 
 import logging
 
 from api.documents import ServiceRequest
-from api.services.accounts import account_release
+from api.services.deals import deal_cancel
 from api.services.requests import request_cancel
+from api.services.settlement import request_settle
 from executor.queues import cancel_job, signal_stop_job
 
 logger = logging.getLogger(__name__)
 
 
-def request_cancel_by_client(*, request_id: str) -> tuple[ServiceRequest, str]:
+def request_cancel_by_client(*, request: ServiceRequest) -> tuple[ServiceRequest, str]:
     """Returns (request, outcome): "canceled", "cancel_requested" or "terminal"."""
-    request, outcome = request_cancel(request_id=request_id)
+    if request.kind == "deal":
+        request, outcome = deal_cancel(request)
+    else:
+        request, outcome = request_cancel(request_id=request.id)
     if outcome == "canceled":
-        account_release(request_id=request_id, note="canceled by the client")
-        cancel_job(request_id)  # best effort: a job that still runs finds the request canceled
-        logger.info("request canceled id=%s", request_id)
+        request_settle(request=request)
+        if request.kind != "deal":
+            cancel_job(request.id)  # best effort: a job that still runs finds it canceled
+        logger.info("request canceled id=%s", request.id)
     elif outcome == "cancel_requested":
-        signal_stop_job(request_id)  # best effort: the result is discarded anyway
-        logger.info("request cancel requested id=%s", request_id)
+        signal_stop_job(request.id)  # best effort: the result is discarded anyway
+        logger.info("request cancel requested id=%s", request.id)
     return request, outcome

@@ -10,7 +10,9 @@ from dataclasses import dataclass, field
 from django.core.exceptions import NON_FIELD_ERRORS, ValidationError
 from django.db import models
 
+from api.models import fallbacks_without_rows
 from api.services.catalog_yaml import _line
+from executor.handlers import all_handlers
 
 SECTIONS = ("handlers", "offers", "deals")
 
@@ -179,9 +181,6 @@ def _refuse_duplicate(item: _Item, key: Hashable, seen: dict) -> bool:
 
 def _check_fallback_rows(item: _Item, fallbacks, defined: set) -> None:
     """A fallback handler needs a handler row (its credits): in this file or the database."""
-    from api.models import fallbacks_without_rows
-    from executor.handlers import all_handlers
-
     for handler_id in fallbacks_without_rows(fallbacks, defined):
         if handler_id in all_handlers():  # an unregistered one is the model's to report
             item.problem(

@@ -7,19 +7,21 @@ ordinary offer requests that the executor runs; each child that ends calls
 
 - a pipeline step waits until the item before it succeeds, then gets that item's output as
   `{previous}` and is queued;
-- when every child succeeded, the parent succeeds with each item's output and the hold is
-  captured; when one fails (or expires, or is canceled), the parent fails, every child not
-  yet ended is canceled (no paid upstream work for a deal nobody pays for) and the hold is
-  released: a deal is charged only if every child succeeds.
+- when every child succeeded, the parent succeeds with each item's output; when one fails
+  (or expires, or is canceled), the parent fails and every child not yet ended is canceled
+  (no paid upstream work for a deal nobody pays for). The functions that end a deal return
+  it, and the settlement service (api/services/settlement.py) captures its hold if it
+  succeeded, releases it otherwise: a deal is charged only if every child succeeds.
 
 Every step is a conditional update, so two children ending at once, or a repeated call after
-a crash, move the deal once. Intake order, as for offers: parent inserted, price held,
-children inserted, ready children enqueued; a crash between steps leaves a queued parent
-that recon converges.
+a crash, move the deal once. Intake (api/services/intake.py) inserts the parent, holds the
+price, then `deal_start` inserts the children and enqueues the ready ones; a crash between
+steps leaves a queued parent that recon converges.
 """
 
 import hashlib
 import logging
+from dataclasses import dataclass
 
 from api import deal_rules, prompt_templates
 from api.documents import (
@@ -33,7 +35,6 @@ from api.documents import (
 )
 from api.errors import ApplicationError
 from api.models import ServiceDeal, ServiceDealAddon, ServiceDealItem
-from api.services.accounts import account_capture, account_hold, account_release, usage_record
 from api.services.requests import (
     canonical_json,
     check_inputs,
@@ -41,7 +42,6 @@ from api.services.requests import (
     now,
     offer_request,
     request_cancel,
-    request_discard,
     request_fail,
     transition,
 )
@@ -107,10 +107,19 @@ def child_id(parent_id: str, position: int) -> str:
     return hashlib.sha256(f"{parent_id}/{position}".encode()).hexdigest()
 
 
-def deal_submit(
-    *, user_id: int, deal: ServiceDeal, body: dict
-) -> tuple[ServiceRequest, list[ServiceRequest], bool]:
-    """Returns (parent, children, created); created is False for a live identical deal."""
+@dataclass(frozen=True)
+class DealPlan:
+    """What a deal POST buys: its inputs, items then selected add-ons, and its price."""
+
+    deal: ServiceDeal
+    inputs: dict
+    parts: list  # ServiceDealItem | ServiceDealAddon, in order
+    addons: list[str]  # the selected add-ons, "service/action"
+    price: int
+
+
+def deal_plan(*, deal: ServiceDeal, body: dict) -> DealPlan:
+    """The deal's parts for this body, inputs checked; 400/404 for what cannot be bought."""
     inputs, addon_names = deal_parse_body(body)
     items = deal.ordered_items()
     if not items or not all(item.offer.is_active for item in items):
@@ -120,8 +129,15 @@ def deal_submit(
     expected = deal_rules.deal_inputs([part.step() for part in parts])
     check_inputs(expected=expected, inputs=inputs, what=f"deal {deal.name} with these add-ons")
     price = deal.price_for([i.offer for i in items], [a.offer for a in addons])
-    selected = [str(a.offer) for a in addons]
-    key = deal_dedupe_key(user_id=user_id, deal=deal.name, addons=selected, inputs=inputs)
+    return DealPlan(deal, inputs, parts, [str(a.offer) for a in addons], price)
+
+
+def deal_insert(*, user_id: int, plan: DealPlan) -> tuple[ServiceRequest, bool]:
+    """The deal's parent request, or the caller's live identical one. Returns (parent,
+    created); the caller holds the price and calls deal_start only when created."""
+    key = deal_dedupe_key(
+        user_id=user_id, deal=plan.deal.name, addons=plan.addons, inputs=plan.inputs
+    )
     at = now()
 
     def build(request_id: str, seq: int) -> ServiceRequest:
@@ -132,39 +148,29 @@ def deal_submit(
             kind="deal",
             user_id=user_id,
             service="deal",
-            action=deal.name,
-            deal_id=deal.pk,
-            addons=selected,
-            price=price,
-            inputs=inputs,
+            action=plan.deal.name,
+            deal_id=plan.deal.pk,
+            addons=plan.addons,
+            price=plan.price,
+            inputs=plan.inputs,
             status=QUEUED,
             created_at=at,
             events=[{"at": at, "status": QUEUED}],
-            children=[child_id(request_id, n) for n in range(len(parts))],
+            children=[child_id(request_id, n) for n in range(len(plan.parts))],
         )
 
-    parent, created = insert_unless_live(key=key, at=at, build=build)
-    if not created:
-        return parent, request_children(parent), False
-    try:
-        account_hold(user_id=user_id, request_id=parent.id, amount=price)
-    except BaseException:
-        request_discard(request_id=parent.id)
-        raise
-    children = [_child(parent, n, part, inputs, at) for n, part in enumerate(parts)]
-    try:
-        ServiceRequest.objects.insert(children, load_bulk=False)
-        for child in children:
-            if not child.awaits_previous:
-                enqueue_request(request_id=child.id, queue=child.queue)
-    except Exception:
-        logger.exception("deal intake failed id=%s", parent.id)
-        _fail_deal(parent, code="unavailable", message="the queue was unavailable")
-        raise ApplicationError(
-            "unavailable", "the queue is unavailable; retry shortly", status=503
-        ) from None
-    logger.info("deal accepted id=%s deal=%s price=%s", parent.id, deal.name, price)
-    return parent, children, True
+    return insert_unless_live(key=key, at=at, build=build)
+
+
+def deal_start(*, parent: ServiceRequest, plan: DealPlan) -> list[ServiceRequest]:
+    """Insert the deal's children and enqueue those that need no previous step."""
+    at = parent.created_at
+    children = [_child(parent, n, part, plan.inputs, at) for n, part in enumerate(plan.parts)]
+    ServiceRequest.objects.insert(children, load_bulk=False)
+    for child in children:
+        if not child.awaits_previous:
+            enqueue_request(request_id=child.id, queue=child.queue)
+    return children
 
 
 def _child(parent: ServiceRequest, position: int, part, inputs: dict, at) -> ServiceRequest:
@@ -223,41 +229,44 @@ def deal_child_started(child: ServiceRequest) -> None:
     transition(child.parent, from_status=QUEUED, to_status=RUNNING, started_at=child.started_at)
 
 
-def deal_child_ended(child: ServiceRequest) -> None:
-    """Move the deal on after one of its children ended. Idempotent."""
+def deal_child_ended(child: ServiceRequest) -> ServiceRequest | None:
+    """Move the deal on after one of its children ended; returns the deal once it has ended
+    (the settlement service then settles it), else None. Idempotent."""
     parent = ServiceRequest.objects(id=child.parent).first()
     if parent is None:
-        return
+        return None
     children = request_children(parent)
     if parent.status in TERMINAL:
-        _settle(parent)
         _stop_children(children, _stopped_error(parent))
-        return
+        return parent
     ended_badly = next(
         (c for c in children if c.status in TERMINAL and c.status != SUCCEEDED), None
     )
     if ended_badly is not None:
-        _fail_deal(parent, failed=ended_badly, children=children)
-        return
+        return deal_fail(parent, failed=ended_badly, children=children)
     outputs = deal_outputs(children)
     for position, step in enumerate(children):
         if step.awaits_previous and step.status == QUEUED and position > 0:
             previous = outputs[position - 1]
             if previous is not None:
-                _release_step(step, previous)
+                ended = _release_step(step, previous)
+                if ended is not None:
+                    return ended
     if len(children) == len(parent.children) and all(o is not None for o in outputs):
-        _succeed_deal(parent, outputs)
+        return _succeed_deal(parent, outputs)
+    return None
 
 
-def _release_step(step: ServiceRequest, previous: list) -> None:
-    """Render a waiting pipeline step's prompt with {previous} and queue it (once)."""
+def _release_step(step: ServiceRequest, previous: list) -> ServiceRequest | None:
+    """Render a waiting pipeline step's prompt with {previous} and queue it (once). Returns
+    the deal if the step could not be queued and so ended it."""
     inputs = {**step.inputs, deal_rules.PREVIOUS: deal_rules.previous_text(previous)}
     prompt = prompt_templates.render(step.prompt_template, inputs)
     released = ServiceRequest.objects(id=step.id, status=QUEUED, awaits_previous=True).update_one(
         set__awaits_previous=False, set__prompt=prompt
     )
     if not released:
-        return
+        return None
     try:
         enqueue_request(request_id=step.id, queue=step.queue)
     except Exception:
@@ -268,13 +277,12 @@ def _release_step(step: ServiceRequest, previous: list) -> None:
             message="the queue was unavailable",
             from_status=QUEUED,
         )
-        if failed is not None:
-            deal_child_ended(failed)
-        return
+        return deal_child_ended(failed) if failed is not None else None
     logger.info("pipeline step queued id=%s parent=%s", step.id, step.parent)
+    return None
 
 
-def _succeed_deal(parent: ServiceRequest, outputs: list[list]) -> None:
+def _succeed_deal(parent: ServiceRequest, outputs: list[list]) -> ServiceRequest | None:
     done = None
     for from_status in (RUNNING, QUEUED):  # queued: its first child's start was not recorded
         done = done or transition(
@@ -285,21 +293,22 @@ def _succeed_deal(parent: ServiceRequest, outputs: list[list]) -> None:
             finished_at=now(),
             error=None,
         )
-    if done is None:
-        return  # ended meanwhile (canceled, or another child's call got here first)
-    account_capture(request_id=parent.id)
-    usage_record(request=done, calls=0, credits=0)
+    if done is None:  # ended meanwhile (canceled, or another child's call got here first)
+        return ServiceRequest.objects(id=parent.id).first()
     logger.info("deal succeeded id=%s", parent.id)
+    return done
 
 
-def _fail_deal(
+def deal_fail(
     parent: ServiceRequest,
     *,
     failed: ServiceRequest | None = None,
     children: list[ServiceRequest] | None = None,
     code: str = "item_failed",
     message: str = "",
-) -> None:
+) -> ServiceRequest | None:
+    """End the deal failed (unless it ended already) and cancel its children not yet ended;
+    returns the deal as it is now, for the settlement service."""
     if failed is not None:
         label = f"{failed.service}/{failed.action}"
         reason = (failed.error or {}).get("message") or failed.status
@@ -315,28 +324,15 @@ def _fail_deal(
     if children is None:
         children = request_children(parent)
     current = done or ServiceRequest.objects(id=parent.id).first()
-    if current is not None and current.status in TERMINAL:
-        _settle(current)
     _stop_children(children, _stopped_error(current or parent), failed=failed)
     if done is not None:
         logger.info("deal failed id=%s: %s", parent.id, message)
+    return current
 
 
-def deal_fail_incomplete(parent: ServiceRequest) -> None:
-    """Recon: a deal whose intake stopped before all its children existed fails, released."""
-    _fail_deal(parent, code="intake_incomplete", message="the deal's intake did not complete")
-
-
-def deal_settle(parent: ServiceRequest) -> None:
-    """Capture a succeeded deal's hold, release any other ended deal's. Idempotent."""
-    _settle(parent)
-
-
-def _settle(parent: ServiceRequest) -> None:
-    if parent.status == SUCCEEDED:
-        account_capture(request_id=parent.id)
-    elif parent.status in TERMINAL:
-        account_release(request_id=parent.id, note=f"deal {parent.status}")
+def deal_fail_incomplete(parent: ServiceRequest) -> ServiceRequest | None:
+    """Recon: a deal whose intake stopped before all its children existed fails."""
+    return deal_fail(parent, code="intake_incomplete", message="the deal's intake did not complete")
 
 
 def _stopped_error(parent: ServiceRequest) -> dict:
@@ -377,10 +373,9 @@ def _depends_on(child: ServiceRequest, failed: ServiceRequest, children) -> bool
 
 
 def deal_cancel(parent: ServiceRequest) -> tuple[ServiceRequest, str]:
-    """Cancel a queued or running deal and every child not yet ended; the hold is released.
-
-    Returns (parent, outcome): "canceled", or "terminal" when the deal had already ended.
-    """
+    """Cancel a queued or running deal and every child not yet ended (the caller settles it:
+    api/services/cancel.py). Returns (parent, outcome): "canceled", or "terminal" when the
+    deal had already ended."""
     error = {"code": "canceled", "message": "canceled by the client"}
     done = None
     for from_status in (RUNNING, QUEUED):
@@ -394,7 +389,6 @@ def deal_cancel(parent: ServiceRequest) -> tuple[ServiceRequest, str]:
         )
     if done is None:
         return ServiceRequest.objects(id=parent.id).first() or parent, "terminal"
-    account_release(request_id=parent.id, note="canceled by the client")
     _stop_children(request_children(done), _stopped_error(done))
     logger.info("deal canceled id=%s", parent.id)
     return done, "canceled"

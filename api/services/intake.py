@@ -1,21 +1,25 @@
 """Intake: a client's POST becomes a held, stored and queued request, or changes nothing.
 
-Order matters for "nothing lost, nothing double-charged":
+Order matters for "nothing lost, nothing double-charged", for offers and deals alike:
 1. the request document is inserted (its unique id settles identical concurrent POSTs);
 2. the price is held (a conditional UPDATE: 402 and the document is discarded if short);
-3. the job is enqueued (on failure the request ends `failed` and the hold is released).
+3. the work is started: the job enqueued (a deal: its items inserted, the ready ones
+   enqueued); on failure the request ends `failed` and settling it releases the hold.
 A crash between steps leaves a queued document that recon finds and converges.
 """
 
 import logging
+from collections.abc import Callable
 
 from api.documents import QUEUED, ServiceRequest
 from api.errors import ApplicationError
-from api.models import ServiceOffer
-from api.services.accounts import account_hold, account_release
+from api.models import ServiceDeal, ServiceOffer
+from api.services import deals
+from api.services.accounts import account_hold
 from api.services.requests import request_discard, request_fail, request_submit
+from api.services.settlement import request_settle
 from executor.queues import enqueue_request, route_for_handler
-from marketplace import logs
+from infra import logs
 
 logger = logging.getLogger(__name__)
 
@@ -28,32 +32,68 @@ def intake_submit(
     request, created = request_submit(
         user_id=user_id, offer=offer, inputs=inputs, queue=queue, resource=resource
     )
-    # The rest of this HTTP request's records carry the request's story (marketplace/logs.py).
+    # The rest of this HTTP request's records carry the request's story (infra/logs.py).
     logs.bind(request_id=request.id, client=user_id, offer=f"{offer.service}/{offer.action}")
     if not created:
         return request, False
-    try:
-        account_hold(user_id=user_id, request_id=request.id, amount=offer.price)
-    except BaseException:
-        request_discard(request_id=request.id)
-        raise
-    _enqueue_or_fail(request)
-    logger.info("request accepted id=%s offer=%s price=%s", request.id, offer, offer.price)
-    return request, True
-
-
-def _enqueue_or_fail(request: ServiceRequest) -> None:
-    try:
-        enqueue_request(request_id=request.id, queue=request.queue)
-    except Exception:
-        logger.exception("enqueue failed id=%s", request.id)
-        request_fail(
+    _accept(
+        request,
+        amount=offer.price,
+        start=lambda: enqueue_request(request_id=request.id, queue=request.queue),
+        fail=lambda: request_fail(
             request_id=request.id,
             code="unavailable",
             message="the queue was unavailable",
             from_status=QUEUED,
-        )
-        account_release(request_id=request.id, note="enqueue failed")
+        ),
+    )
+    logger.info("request accepted id=%s offer=%s price=%s", request.id, offer, offer.price)
+    return request, True
+
+
+def intake_submit_deal(
+    *, user_id: int, deal: ServiceDeal, body: dict
+) -> tuple[ServiceRequest, list[ServiceRequest], bool]:
+    """Returns (parent, children, created); created is False for a live identical deal."""
+    plan = deals.deal_plan(deal=deal, body=body)
+    parent, created = deals.deal_insert(user_id=user_id, plan=plan)
+    logs.bind(request_id=parent.id, client=user_id, offer=f"deal/{deal.name}")
+    if not created:
+        return parent, deals.request_children(parent), False
+    children: list[ServiceRequest] = []
+    _accept(
+        parent,
+        amount=plan.price,
+        start=lambda: children.extend(deals.deal_start(parent=parent, plan=plan)),
+        fail=lambda: deals.deal_fail(
+            parent, code="unavailable", message="the queue was unavailable"
+        ),
+    )
+    logger.info("deal accepted id=%s deal=%s price=%s", parent.id, deal.name, plan.price)
+    return parent, children, True
+
+
+def _accept(
+    request: ServiceRequest,
+    *,
+    amount: int,
+    start: Callable[[], object],
+    fail: Callable[[], ServiceRequest | None],
+) -> None:
+    """Hold `amount` for the inserted request, then `start` its work; undo each step that
+    cannot complete (402 discards the document; a failed start ends it and releases)."""
+    try:
+        account_hold(user_id=request.user_id, request_id=request.id, amount=amount)
+    except BaseException:
+        request_discard(request_id=request.id)
+        raise
+    try:
+        start()
+    except Exception:
+        logger.exception("intake could not start the work id=%s", request.id)
+        ended = fail()
+        if ended is not None:
+            request_settle(request=ended)
         raise ApplicationError(
             "unavailable", "the queue is unavailable; retry shortly", status=503
         ) from None

@@ -11,8 +11,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from mongoengine.errors import NotUniqueError
+from mongoengine.queryset.visitor import Q
 
-from api import prompt_templates
+from api import defaults, metrics, prompt_templates
 from api.documents import (
     CANCELED,
     EXPIRED,
@@ -25,14 +26,11 @@ from api.documents import (
 )
 from api.errors import ApplicationError
 from api.models import ServiceOffer
-from executor import metrics as executor_metrics
 
 logger = logging.getLogger(__name__)
 
 # Input values a template can render; objects and arrays have no single text form.
 SCALAR_TYPES = (str, int, float, bool)
-# Inserts a submission tries before giving up (each lost race moves to a newer sequence).
-SUBMIT_ATTEMPTS = 5
 
 
 def now() -> datetime:
@@ -165,7 +163,7 @@ def insert_unless_live(
     settles identical concurrent submissions; the loser reads the winner and answers with it.
     """
     seq = 0
-    for _ in range(SUBMIT_ATTEMPTS):
+    for _ in range(defaults.SUBMIT_ATTEMPTS):
         request = build(request_id_for(key, seq), seq)
         try:
             request.save(force_insert=True)
@@ -221,7 +219,7 @@ def transition(
     if current is None:
         current = ServiceRequest.objects(id=request_id).first()
         if to_status in TERMINAL and from_status not in TERMINAL and current is not None:
-            executor_metrics.request_ended(current)
+            metrics.request_ended(current)
         return current
     current.status = to_status
     current.events.append(event)
@@ -231,7 +229,7 @@ def transition(
             value = (getattr(current, name) or 0) + value
         setattr(current, name, value)
     if to_status in TERMINAL and from_status not in TERMINAL:
-        executor_metrics.request_ended(current)
+        metrics.request_ended(current)
     return current
 
 
@@ -255,9 +253,15 @@ def request_start(
 
 
 def request_requeue(
-    *, request_id: str, note: str, current: ServiceRequest | None = None
+    *,
+    request_id: str,
+    note: str,
+    current: ServiceRequest | None = None,
+    retry_at: datetime | None = None,
 ) -> ServiceRequest | None:
-    """Give a running request back to the queue (its executor stopped before it finished)."""
+    """Give a running request back to the queue (its executor stopped before it finished).
+    `retry_at`: recon enqueues it again no sooner than this."""
+    extra = {"retry_at": retry_at} if retry_at is not None else {}
     return transition(
         request_id,
         from_status=RUNNING,
@@ -265,7 +269,26 @@ def request_requeue(
         note=note,
         current=current,
         started_at=None,
+        **extra,
     )
+
+
+def request_claim(*, request_id: str, status: str, for_seconds: float, note: str = "") -> bool:
+    """Take a request in `status` for a repair, unless another recon took it within
+    `for_seconds`: one conditional update, so several recon processes never both repair it."""
+    at = now()
+    fresh = Q(recon_at=None) | Q(recon_at__lt=at - timedelta(seconds=for_seconds))
+    updates = {"set__recon_at": at}
+    if note:
+        updates["push__events"] = _event(status, at, note)
+    return bool(
+        ServiceRequest.objects(Q(id=request_id, status=status) & fresh).update_one(**updates)
+    )
+
+
+def request_purge_results(*, request_id: str, note: str) -> ServiceRequest | None:
+    """A succeeded request whose results expired: `expired`, results gone, charge kept."""
+    return transition(request_id, from_status=SUCCEEDED, to_status=EXPIRED, note=note, results=[])
 
 
 def request_succeed(

@@ -1,12 +1,12 @@
 """OpenAI-compatible chat completions (OpenAI itself, or any server that speaks its API)."""
 
-import os
+from django.conf import settings
 
 from configs import live
 from executor import credentials, upstream
 from executor.handlers import HandlerCall, HandlerError, Timeouts, handler
 
-# Where requests go when neither `params.base_url` nor OPENAI_BASE_URL says otherwise.
+# Where requests go when neither `params.base_url`, the config nor OPENAI_BASE_URL says otherwise.
 DEFAULT_BASE_URL = "https://api.openai.com/v1"
 # Env var holding the API key unless `params.api_key_env` names another.
 DEFAULT_API_KEY_ENV = "OPENAI_API_KEY"
@@ -30,7 +30,7 @@ async def chat(call: HandlerCall) -> str:
     base_url = (
         params.get("base_url")
         or configured.get("base_url")
-        or os.environ.get("OPENAI_BASE_URL")
+        or settings.OPENAI_BASE_URL
         or DEFAULT_BASE_URL
     )
     url = upstream.check_url(base_url, param="base_url").rstrip("/") + "/chat/completions"
@@ -68,7 +68,7 @@ def api_key_from_env(name: str) -> str:
         raise HandlerError(
             "bad_params", "params.api_key_env must name a variable ending in _API_KEY"
         )
-    key = os.environ.get(name, "").strip()
+    key = settings.UPSTREAM_API_KEYS.get(name, "").strip()
     if not key:
         raise HandlerError(
             "missing_credentials", f"the API key is not set (environment variable {name})"

@@ -1,7 +1,8 @@
-"""pytest fixtures for the stubs; load with `pytest_plugins = ["tests.stubs.fixtures"]`."""
+"""pytest fixtures for the stubs; loaded by tests/conftest.py for every test."""
 
 import pytest
 
+from tests.stubs.fluentd import FluentdReceiver
 from tests.stubs.openai_stub import JSONEchoStub, OpenAIStub
 
 
@@ -34,3 +35,10 @@ def flaky_backup():
 
     with FlakyStub() as stub:
         yield stub
+
+
+@pytest.fixture
+def fluentd():
+    receiver = FluentdReceiver()
+    yield receiver
+    receiver.close()

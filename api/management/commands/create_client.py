@@ -6,8 +6,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import transaction
 from rest_framework.authtoken.models import Token
 
-from api.models import Account
-from api.services.accounts import account_grant
+from api.services.accounts import account_grant, account_open
 
 
 class Command(BaseCommand):
@@ -27,7 +26,7 @@ class Command(BaseCommand):
             raise CommandError(f"--credits must be 0 or more, not {credits}")
         with transaction.atomic():
             user, created = self.client_user(name)
-            account, _ = Account.objects.get_or_create(user=user)
+            account = account_open(user=user)
             if credits:
                 account_grant(user=user, amount=credits, note="granted by create_client")
             account.refresh_from_db()

@@ -1,6 +1,7 @@
 """`config upload|list|show|diff|rollback|rotate-keys`: versioned application configs in MongoDB."""
 
-import os
+import argparse
+import getpass
 from pathlib import Path
 
 from django.core.management.base import BaseCommand, CommandError
@@ -8,6 +9,15 @@ from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 
 from configs import keys, protocol, store
 from configs.protocol import ConfigError
+from configs.refs import Ref, parse_ref
+
+
+def version_ref(text: str) -> Ref:
+    """A version as the commands take it: its number (3) or its label (1.0)."""
+    try:
+        return parse_ref(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class Command(BaseCommand):
@@ -18,21 +28,29 @@ class Command(BaseCommand):
         upload = actions.add_parser("upload", help="validate FILE, store it as a new version")
         upload.add_argument("file", help="config YAML file (the ~ ^ !ENV protocol)")
         upload.add_argument("--name", required=True, help="config name, e.g. service_map")
-        upload.add_argument("--version", type=int, help="version number (default: next)")
+        upload.add_argument(
+            "--version",
+            type=version_ref,
+            help="a label such as 1.0 (numbered next), or a free version number (default: next)",
+        )
         upload.add_argument("--comment", default="", help="why, for the history")
         listing = actions.add_parser("list", help="versions, the active one marked *")
         listing.add_argument("name", nargs="?")
         show = actions.add_parser("show", help="print a version as YAML, secrets masked")
         show.add_argument("name")
-        show.add_argument("--version", type=int, help="default: the active version")
+        show.add_argument(
+            "--version", type=version_ref, help="number or label (default: the active version)"
+        )
         show.add_argument("--reveal", action="store_true", help="print secrets in plaintext")
         diff = actions.add_parser("diff", help="unified diff of two versions, secrets masked")
         diff.add_argument("name")
-        diff.add_argument("v1", type=int)
-        diff.add_argument("v2", type=int)
+        diff.add_argument("v1", type=version_ref, help="number or label")
+        diff.add_argument("v2", type=version_ref, help="number or label")
         rollback = actions.add_parser("rollback", help="activate an earlier version")
         rollback.add_argument("name")
-        rollback.add_argument("--to", type=int, help="default: the version before the active one")
+        rollback.add_argument(
+            "--to", type=version_ref, help="number or label (default: the one before the active)"
+        )
         actions.add_parser("rotate-keys", help="re-encrypt every version with the newest key")
 
     def handle(self, *args, action: str, **options):
@@ -56,7 +74,7 @@ class Command(BaseCommand):
         except PyMongoError as exc:
             raise CommandError(f"MongoDB: {' '.join(str(exc).split())[:200]}") from None
 
-    def upload(self, *, file: str, name: str, version: int | None, comment: str, **_):
+    def upload(self, *, file: str, name: str, version: Ref | None, comment: str, **_):
         text = _read(file)
         try:
             stored = store.upload(name, text, by=_by(), comment=comment, version=version)
@@ -68,7 +86,7 @@ class Command(BaseCommand):
                 f"{file}: {count} problem{'s' if count != 1 else ''}; nothing was stored"
             ) from None
         self.stdout.write(
-            f"uploaded {name} version {stored.version} (active, sha256 {stored.sha256[:12]})"
+            f"uploaded {name} version {stored.title} (active, sha256 {stored.sha256[:12]})"
         )
 
     def list(self, *, name: str | None, **_):
@@ -79,11 +97,12 @@ class Command(BaseCommand):
         if not found:
             raise ConfigError(f"no config named {name!r}")
         active = store.active_versions()
-        rows = [("NAME", "VERSION", "ACTIVE", "SHA256", "BY", "WHEN", "COMMENT")]
+        rows = [("NAME", "VERSION", "LABEL", "ACTIVE", "SHA256", "BY", "WHEN", "COMMENT")]
         rows += [
             (
                 v.name,
                 str(v.version),
+                v.label,
                 "*" if active.get(v.name) == v.version else "",
                 v.sha256[:12],
                 v.created_by,
@@ -97,7 +116,7 @@ class Command(BaseCommand):
             cells = [cell.ljust(width) for cell, width in zip(row, widths, strict=False)]
             self.stdout.write("  ".join([*cells, row[-1]]).rstrip())
 
-    def show(self, *, name: str, version: int | None, reveal: bool, **_):
+    def show(self, *, name: str, version: Ref | None, reveal: bool, **_):
         found = store.get(name, version)
         active = store.active_versions().get(name) == found.version
         content = found.content
@@ -106,29 +125,29 @@ class Command(BaseCommand):
         elif not reveal:
             content = protocol.mask(content)
         self.stdout.write(
-            f"# {name} version {found.version}{' (active)' if active else ''}, "
+            f"# {name} version {found.title}{' (active)' if active else ''}, "
             f"sha256 {found.sha256[:12]}, by {found.created_by} at "
             f"{found.created_at:%Y-%m-%d %H:%M:%S} UTC"
         )
         self.stdout.write(protocol.dump_yaml(content), ending="")
 
-    def diff(self, *, name: str, v1: int, v2: int, **_):
+    def diff(self, *, name: str, v1: Ref, v2: Ref, **_):
         lines = store.diff(name, v1, v2)
         if not lines:
             self.stderr.write(f"{name}: versions {v1} and {v2} have the same content")
         for line in lines:
             self.stdout.write(line)
 
-    def rollback(self, *, name: str, to: int | None, **_):
+    def rollback(self, *, name: str, to: Ref | None, **_):
         before = store.get(name)
         target = store.rollback(name, to=to, by=_by())
-        self.stdout.write(f"{name}: version {target.version} is active (was {before.version})")
+        self.stdout.write(f"{name}: version {target.title} is active (was {before.title})")
 
     def rotate_keys(self, **_):
         count = store.rotate_keys(by=_by())
         self.stdout.write(
             f"re-encrypted {count} version(s) with the newest key; "
-            f"older keys can now be removed from {keys.KEY_ENV}"
+            f"older keys can now be removed from {keys.key_variable()}"
         )
 
 
@@ -142,4 +161,8 @@ def _read(path: str) -> str:
 
 
 def _by() -> str:
-    return os.environ.get("USER") or "manage.py"
+    """Who ran the command, for the history (the login name; `manage.py` when unknown)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "manage.py"

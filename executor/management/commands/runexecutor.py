@@ -5,9 +5,10 @@ import logging
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from executor.queues import all_queue_names, get_queue, redis_connection
+from executor.queues import all_queue_names, get_queue
 from executor.resources import ResourceMapError
 from executor.worker import ConcurrentWorker
+from infra.stores import redis_connection
 
 
 class Command(BaseCommand):

@@ -12,7 +12,8 @@ from prometheus_client import start_http_server
 from pymongo.errors import PyMongoError
 from redis import RedisError
 
-from recon import alerts, health, sweeps, usage
+from api import health
+from recon import alerts, gauges, sweeps, usage
 
 logger = logging.getLogger("recon")
 
@@ -77,7 +78,7 @@ def _watch(repaired: Counter) -> None:
     """Health gauges, then alerts; each step's failure is logged and the loop goes on."""
     try:
         current = health.snapshot()
-        health.export(current)
+        gauges.export(current)
     except Exception:
         logger.exception("recon health snapshot failed")
         return

@@ -1,0 +1,94 @@
+"""The process's connections to the stores it shares with every other process, configured from
+settings only: Redis (one client per process, for RQ queues, counters and leases) and MongoDB
+(mongoengine's default alias, opened lazily so forked processes each get their own).
+SQL is Django's own (`DATABASES`)."""
+
+from functools import lru_cache
+from urllib.parse import urlsplit, urlunsplit
+
+import mongoengine
+import redis
+from django.conf import settings
+from pymongo import MongoClient
+from pymongo.uri_parser import parse_uri
+
+# Database used when MONGO_URI names none.
+MONGO_DEFAULT_DB = "svc"
+# How long a MongoDB call waits for the server before failing (the API answers 503, a job is
+# retried, recon tries again next sweep).
+MONGO_SERVER_SELECTION_TIMEOUT_MS = 3000
+# Seconds a Redis command may take, and connecting may take, before it fails; seconds between
+# checks that an idle pooled connection is still alive.
+REDIS_SOCKET_TIMEOUT = 10
+REDIS_CONNECT_TIMEOUT = 3
+REDIS_HEALTH_CHECK_INTERVAL = 30
+
+
+@lru_cache(maxsize=1)
+def redis_connection() -> redis.Redis:
+    return redis.Redis.from_url(
+        settings.REDIS_URL,
+        socket_timeout=REDIS_SOCKET_TIMEOUT,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+        health_check_interval=REDIS_HEALTH_CHECK_INTERVAL,
+    )
+
+
+def mongo_connect() -> None:
+    """(Re)register the default MongoDB connection; the socket opens on first use."""
+    db = parse_uri(settings.MONGO_URI).get("database") or MONGO_DEFAULT_DB
+    mongoengine.disconnect()
+    mongoengine.connect(
+        db=db,
+        host=settings.MONGO_URI,
+        connect=False,  # pymongo is not fork-safe: connect on first use in each process
+        tz_aware=True,
+        uuidRepresentation="standard",
+        serverSelectionTimeoutMS=MONGO_SERVER_SELECTION_TIMEOUT_MS,
+    )
+
+
+def mongo_db():
+    """The default connection's database (pymongo), for code that needs raw collections."""
+    return mongoengine.connection.get_db()
+
+
+def mongo_ping() -> None:
+    mongoengine.get_connection().admin.command("ping")
+
+
+def redis_ping() -> None:
+    redis_connection().ping()
+
+
+def uri_port(uri: str) -> int | None:
+    """The port a single-host mongodb:// URI names, or None (none, or several hosts)."""
+    netloc = urlsplit(uri).netloc.rpartition("@")[2]
+    if "," in netloc or not netloc.rpartition(":")[2].isdigit() or netloc.endswith("]"):
+        return None
+    return int(netloc.rpartition(":")[2])
+
+
+def uri_with_port(uri: str, port: int) -> str:
+    """The single-host URI with `port` added to its host (the seed gives them apart)."""
+    parts = urlsplit(uri)
+    return urlunsplit(parts._replace(netloc=f"{parts.netloc}:{port}"))
+
+
+@lru_cache(maxsize=8)
+def _mongo_client(uri: str):
+    return MongoClient(
+        uri,
+        connect=False,
+        tz_aware=True,
+        uuidRepresentation="standard",
+        serverSelectionTimeoutMS=MONGO_SERVER_SELECTION_TIMEOUT_MS,
+    )
+
+
+def mongo_db_at(uri: str = "", db: str = ""):
+    """Database `db` (default: the URI's) of the MongoDB at `uri`; with no uri, the app's own
+    connection (MONGO_URI). One client per URI and process, opened on first use."""
+    if not uri or uri == settings.MONGO_URI:
+        return mongo_db() if not db else mongoengine.get_connection()[db]
+    return _mongo_client(uri)[db or parse_uri(uri).get("database") or MONGO_DEFAULT_DB]
