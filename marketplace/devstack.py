@@ -4,37 +4,59 @@
 
 Starts SecantusDB and redis-server under DATA_DIR when needed, migrates, loads the demo
 catalog, creates an admin and a demo client, then runs the API (gunicorn), the executor
-and recon in the foreground. Ctrl-C or SIGTERM stops every child, servers last.
+and recon in the foreground under a supervisor (marketplace/supervisor.py) that restarts a
+child that dies. Ctrl-C or SIGTERM stops every child once, servers last.
+
+Two stacks never share stores by accident: one DATA_DIR runs one stack (a lock file), its
+servers listen on the ports of EMBEDDED_MONGO_PORT / EMBEDDED_REDIS_PORT (default 27217 and
+6479, or a free port when another program holds the default; dev.env records which), and a
+port counts only once this stack's own server is the one listening on it.
 """
 
+import fcntl
 import os
 import secrets
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from cryptography.fernet import Fernet
+from django.core.exceptions import ImproperlyConfigured
 
-from marketplace import embedded
+from infra import embedded
+from infra.envs import envint, envoptional
+from marketplace.supervisor import StackFailed, Supervisor
 
 ROOT = Path(__file__).resolve().parent.parent
-# Fixed ports for the embedded servers so `manage.py` in another shell finds them again.
-MONGO_PORT = int(os.environ.get("EMBEDDED_MONGO_PORT", "27217"))
-REDIS_PORT = int(os.environ.get("EMBEDDED_REDIS_PORT", "6479"))
-# Seconds children get to finish in-flight work after SIGTERM before they are killed.
-STOP_GRACE = 30
+# The embedded servers' ports unless EMBEDDED_MONGO_PORT / EMBEDDED_REDIS_PORT say otherwise;
+# dev.env records the ones in use, so `manage.py` in another shell finds them.
+MONGO_PORT = 27217
+REDIS_PORT = 6479
+API_PORT = 8000
 ADMIN_USER = "admin"
 DEMO_CLIENT = "demo"
 DEMO_CREDITS = 1000
 
 
+class Refused(SystemExit):
+    """The stack cannot start; the message is the one line printed."""
+
+
 def main() -> int:
-    data_dir = Path(os.environ.get("DATA_DIR", ROOT / ".data")).resolve()
+    try:
+        return _run()
+    except ImproperlyConfigured as exc:  # a variable with a bad value: one line, no traceback
+        raise Refused(f"make run: {exc}") from None
+
+
+def _run() -> int:
+    data_dir = Path(envoptional("DATA_DIR") or ROOT / ".data").resolve()
     data_dir.mkdir(parents=True, exist_ok=True)
-    servers = _start_servers(data_dir)
-    children: list[subprocess.Popen] = []
+    lock = _lock(data_dir)
+    port = envint("PORT", API_PORT)
+    if not embedded.port_free(port):
+        raise Refused(f"make run: port {port} is in use (another make run?); set PORT to another")
     stopping = False
 
     def stop(signum, frame):
@@ -43,30 +65,90 @@ def main() -> int:
 
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, stop)
+    servers: list[embedded.Server] = []
+    supervisor = None
     try:
+        servers = _start_servers(data_dir)
         env = _environment(data_dir, servers)
+        env["PORT"] = str(port)
         _prepare(env)
         admin_password = _ensure_admin(env, data_dir)
         token = _ensure_demo_client(env, data_dir)
-        children = _start_children(env)
+        supervisor = Supervisor(_children(env), env=env, cwd=ROOT, say=_say)
+        supervisor.start()
         _banner(env, admin_password, token)
-        while not stopping and all(child.poll() is None for child in children):
-            time.sleep(0.5)
-        failed = [child for child in children if child.poll() not in (None, 0)]
-        return 1 if failed and not stopping else 0
+        supervisor.run(lambda: stopping)
+        return 0
+    except StackFailed as exc:
+        _say(str(exc))
+        return 1
     finally:
-        _stop(children)
+        if supervisor is not None:
+            supervisor.stop()
         for server in reversed(servers):
             server.stop()
+        lock.close()
+
+
+def _say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _lock(data_dir: Path):
+    """Hold DATA_DIR's lock for the stack's lifetime: one stack per data directory."""
+    handle = open(data_dir / "devstack.lock", "a+")  # noqa: SIM115 (held until main returns)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        raise Refused(
+            f"make run: another make run (pid {holder}) uses DATA_DIR={data_dir}; stop it, "
+            "or set DATA_DIR to another directory"
+        ) from None
+    handle.truncate(0)
+    handle.write(str(os.getpid()))
+    handle.flush()
+    return handle
 
 
 def _start_servers(data_dir: Path) -> list[embedded.Server]:
     servers = []
-    if not os.environ.get("MONGO_URI"):
-        servers.append(embedded.start_mongo(data_dir / "mongo", port=MONGO_PORT))
-    if not os.environ.get("REDIS_URL"):
-        servers.append(embedded.start_redis(data_dir / "redis", port=REDIS_PORT))
+    try:
+        if not envoptional("MONGO_URI"):
+            servers.append(_own_server(data_dir, "mongo", "EMBEDDED_MONGO_PORT", MONGO_PORT))
+        if not envoptional("REDIS_URL"):
+            servers.append(_own_server(data_dir, "redis", "EMBEDDED_REDIS_PORT", REDIS_PORT))
+    except BaseException:
+        for server in reversed(servers):
+            server.stop()
+        raise
     return servers
+
+
+def _own_server(data_dir: Path, kind: str, variable: str, default: int) -> embedded.Server:
+    """This DATA_DIR's server of `kind` on its port: the one the variable names (refused when
+    another program holds it), else the default, else a free one."""
+    storage, pid_file = data_dir / kind, data_dir / f"{kind}.pid"
+    if embedded.stop_orphan(pid_file, str(storage)):  # left by a make run that was killed
+        _say(f"make run: stopped the {kind} server a previous run of this DATA_DIR left")
+    asked = envoptional(variable)
+    port = envint(variable, default)
+    if not embedded.port_free(port):
+        if asked:
+            raise Refused(
+                f"make run: port {port} ({variable}) is held by another program; "
+                f"free it or set {variable} to another port"
+            )
+        port = embedded.free_port()
+        _say(f"make run: port {default} is taken (another stack?); this {kind} uses {port}")
+    start = embedded.start_mongo if kind == "mongo" else embedded.start_redis
+    try:
+        server = start(storage, port=port)
+    except embedded.PortTaken as exc:
+        raise Refused(f"make run: {exc}; set {variable} to a free port") from None
+    pid_file.write_text(f"{server.process.pid} {port}\n")
+    return server
 
 
 def _environment(data_dir: Path, servers: list[embedded.Server]) -> dict:
@@ -80,7 +162,7 @@ def _environment(data_dir: Path, servers: list[embedded.Server]) -> dict:
     # The key `~` config values are encrypted with (configs/keys.py); kept like the secret key.
     env.setdefault("CONFIG_FERNET_KEY", _persistent_secret(data_dir / "fernet_key", fernet=True))
     # Every process writes its metrics here and the API's /metrics shows them all
-    # (marketplace/prometheus.py); emptied now, before any process of this run starts.
+    # (infra/metrics.py); emptied now, before any process of this run starts.
     env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(data_dir / "prometheus"))
     prometheus_dir = Path(env["PROMETHEUS_MULTIPROC_DIR"])
     prometheus_dir.mkdir(parents=True, exist_ok=True)
@@ -149,52 +231,26 @@ def _ensure_demo_client(env: dict, data_dir: Path) -> str:
     return token
 
 
-def _start_children(env: dict) -> list[subprocess.Popen]:
-    port = env.get("PORT", "8000")
-    venv_bin = Path(sys.executable).parent
-    api = subprocess.Popen(
-        [
-            str(venv_bin / "gunicorn"),
+def _children(env: dict) -> dict[str, list[str]]:
+    gunicorn = str(Path(sys.executable).with_name("gunicorn"))
+    config = str(ROOT / "deploy" / "gunicorn.conf.py")
+    manage = [sys.executable, str(ROOT / "manage.py")]
+    return {
+        "api": [
+            gunicorn,
             "marketplace.wsgi:application",
             "-c",
-            str(ROOT / "deploy" / "gunicorn.conf.py"),
+            config,
             "--bind",
-            f"127.0.0.1:{port}",
+            f"127.0.0.1:{env['PORT']}",
         ],
-        env=env,
-        cwd=ROOT,
-        start_new_session=True,  # Ctrl-C reaches only us; each child then gets one SIGTERM
-    )
-    executor = subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "runexecutor"],
-        env=env,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    recon = subprocess.Popen(
-        [sys.executable, str(ROOT / "manage.py"), "recon"],
-        env=env,
-        cwd=ROOT,
-        start_new_session=True,
-    )
-    return [api, executor, recon]
-
-
-def _stop(children: list[subprocess.Popen]) -> None:
-    for child in children:
-        if child.poll() is None:
-            child.send_signal(signal.SIGTERM)
-    deadline = time.monotonic() + STOP_GRACE
-    for child in children:
-        try:
-            child.wait(max(0.1, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            child.kill()
-            child.wait()
+        "executor": [*manage, "runexecutor"],
+        "recon": [*manage, "recon"],
+    }
 
 
 def _banner(env: dict, admin_password: str, token: str) -> None:
-    port = env.get("PORT", "8000")
+    port = env["PORT"]
     base = f"http://127.0.0.1:{port}"
     print(
         f"""
@@ -209,7 +265,7 @@ def _banner(env: dict, admin_password: str, token: str) -> None:
     curl -s -X POST {base}/svc/deal/starter/ -H 'Authorization: Token {token}' \\
          -d '{{"inputs": {{"name": "Ada", "text": "hi"}}, "addons": ["text/shout"]}}'
 
-  Ctrl-C stops everything.
+  A child that dies is restarted; Ctrl-C stops everything.
 """,
         flush=True,
     )
