@@ -17,12 +17,17 @@ install: $(STAMP)
 run: $(STAMP)
 	$(PY) -m marketplace.devstack
 
+# Test processes (pytest-xdist), each with servers of its own; a file's tests stay together.
+# The system tests spend most of their time waiting on the processes they start.
+TEST_WORKERS ?= 2
+PYTEST := $(VENV)/bin/pytest -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP)
-	$(VENV)/bin/pytest $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 # Everything but the multi-process system tests (tests/system/): a few minutes.
 test-fast: $(STAMP)
-	$(VENV)/bin/pytest -m "not system" $(PYTEST_ARGS)
+	$(PYTEST) -m "not system" $(PYTEST_ARGS)
 
 # Benchmarks (not part of `make test`): a table, and benchmarks/results.json; docs/benchmarks.md.
 BENCH_STAMP := $(VENV)/.bench-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)

@@ -2,12 +2,13 @@
 
 Each step below names the application code it stands for and sends the same commands in the
 same round trips (pipelines stay pipelines, transactions stay transactions), as read from
-api/http/views.py, api/throttling.py, api/services/{intake,requests,accounts}.py, executor/jobs.py,
-executor/queues.py, executor/worker.py and RQ 2's worker. The Redis resource accounting goes
-through executor/resources.py itself (plain redis-py, no Django). What the Python around the
-operations costs (Django, DRF, mongoengine, RQ's bookkeeping) is left out, so the rate a
-replay reaches is what the stores allow at that concurrency: the ceiling of the intake and of
-the executor. The Mongo-only replays show how much of that the embedded MongoDB server sets.
+api/http/views.py, api/http/throttling.py, api/services/{intake,requests,accounts}.py,
+executor/jobs.py, executor/queues.py, executor/worker.py and RQ 2's worker. The Redis
+resource accounting goes through executor/resources.py itself (plain redis-py, no Django).
+What the Python around the operations costs (Django, DRF, mongoengine, RQ's bookkeeping) is
+left out, so the rate a replay reaches is what the stores allow at that concurrency: the
+ceiling of the intake and of the executor. The Mongo-only replays show how much of that the
+embedded MongoDB server sets.
 
 The replay writes to its own Mongo database, Redis db and copy of the SQLite file, so it never
 disturbs the app's data. Its collections hold as many documents as the app's does in the
@@ -29,8 +30,8 @@ from datetime import UTC, datetime
 import pymongo
 import redis
 
-from api import sliding_window
 from api.documents import ServiceRequest  # mongoengine only: no Django
+from api.http import sliding_window
 from benchmarks import measure
 from benchmarks.stack import ECHO_OFFER, Stack
 from executor import resources
@@ -70,7 +71,7 @@ LEDGER_SQL = (
     "INSERT INTO api_ledgerentry (user_id, kind, amount, request_id, settles, note, created_at) "
     "VALUES (?, ?, 1, ?, ?, '', ?) RETURNING id"
 )
-# SQL of an execution's settlement: jobs.settle → account_capture, then usage_record.
+# SQL of an execution's settlement: settlement.request_settle → account_capture, usage_record.
 HOLD_LOOKUP_SQL = "SELECT * FROM api_ledgerentry WHERE (kind = 'hold' AND request_id = ?)"
 CAPTURE_SQL = "UPDATE api_account SET held = (held - 1) WHERE user_id = ?"
 USAGE_LOOKUP_SQL = "SELECT * FROM api_usagerecord WHERE request_id = ? LIMIT 21"
@@ -323,7 +324,7 @@ class Replay:
         )
 
     def sql_settle(self, i: int) -> None:
-        """jobs._finish: account_capture (lookup + transaction), usage_record (get_or_create)."""
+        """request_settle: account_capture (lookup + transaction), usage_record (one insert)."""
         conn, rid = self._sql(), self.rid(i)
         conn.execute(HOLD_LOOKUP_SQL, (rid,)).fetchall()
         conn.execute("BEGIN IMMEDIATE")

@@ -6,7 +6,8 @@ One job per request. Its steps, each safe to repeat:
 2. take the resource's slots and integration credits (Redis, atomic): when saturated or
    exhausted the request stays queued and the job is retried later (or fails, by policy);
 3. claim the request (queued → running), call the handler `create_qty` times within the
-   slots, record the outcome, then capture or release the client's hold.
+   slots, record the outcome, then settle it (api/services/settlement.py: the hold captured
+   or released, the usage of its calls recorded, a deal's item moving its deal on).
 """
 
 import logging

@@ -1,4 +1,6 @@
-"""RQ queues on the one Redis connection; the API enqueues by job path, never importing handlers."""
+"""RQ queues on the process's Redis connection: where a request's job goes (one queue per
+resource), enqueueing it by the job's dotted path (so the API never imports the executor's
+run loop), and what Redis really holds of a job (recon's `live_jobs`)."""
 
 import logging
 import time

@@ -1,4 +1,5 @@
-"""A separate OS process for tests/test_resources.py: `python -m tests.resource_probe MODE ...`.
+"""A separate OS process for tests/system/test_executor_processes.py:
+`python -m tests.resource_probe MODE ...`.
 
     hammer RESOURCE_JSON CYCLES THREADS   acquire -> hold -> release CYCLES times across THREADS
     hold RESOURCE_JSON                    acquire one slot, print "held", keep renewing forever

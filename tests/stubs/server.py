@@ -46,6 +46,10 @@ class Answer:
         return cls(status, json.dumps(data).encode())
 
 
+# Longest a held call waits for release() (a test that never releases fails on its own wait).
+GATE_TIMEOUT = 120
+
+
 class StubServer:
     def __init__(self):
         self.requests: list[RecordedRequest] = []
@@ -54,6 +58,9 @@ class StubServer:
         self.inflight = 0
         self.max_inflight = 0
         self._count_lock = threading.Lock()
+        # While closed (`hold()`), calls wait before they are answered (`release()` opens it).
+        self._gate = threading.Event()
+        self._gate.set()
         self._server = _Server(("127.0.0.1", 0), _handler_for(self))
         self._server.daemon_threads = True
         # A short poll interval lets `stop()` return quickly at each test's teardown.
@@ -70,6 +77,13 @@ class StubServer:
         self, *, status: int | None = None, delay: float = 0.0, body: bytes | None = None
     ) -> None:
         self.scripted = Script(status=status, delay=delay, body=body)
+
+    def hold(self) -> None:
+        """Keep every call waiting, unanswered, until release()."""
+        self._gate.clear()
+
+    def release(self) -> None:
+        self._gate.set()
 
     def answer(self, request: RecordedRequest) -> Answer:
         raise NotImplementedError
@@ -89,6 +103,7 @@ class StubServer:
 
     def _respond(self, request: RecordedRequest) -> Answer:
         self.requests.append(request)
+        self._gate.wait(GATE_TIMEOUT)
         script = self.scripted
         if script.delay:
             time.sleep(script.delay)
@@ -103,6 +118,7 @@ class StubServer:
         return self
 
     def stop(self) -> None:
+        self.release()
         self._server.shutdown()
         self._server.server_close()
 

@@ -68,16 +68,29 @@ def test_sigterm_lets_in_flight_jobs_finish_within_the_grace(alice_api, make_off
 
 
 def test_two_executors_never_run_the_same_request_twice(alice_api, make_offer, json_stub):
+    """Two burst executors of 50 against the `http` resource's 64 slots: the second one finds
+    the resource saturated, waits and may schedule retries, which it runs before it exits
+    (tests/executor/test_concurrency.py proves that case alone). The upstream holds its
+    answers until both executors have calls in flight, so both take part however fast the
+    first one starts."""
     make_offer(service="t", action="post", handler="http.post", params={"url": json_stub.url})
     ids = {submit(alice_api, "/svc/t/post/", {"x": i})["id"] for i in range(200)}
+    json_stub.hold()
     processes = [executor_process("--concurrency", "50", "--burst") for _ in range(2)]
+    try:
+        wait_until(
+            lambda: len(ServiceRequest.objects(status="running").distinct("worker")) == 2,
+            timeout=90,
+            what="calls in flight from both executors",
+        )
+    finally:
+        json_stub.release()
     outputs = [finish(p, timeout=120) for p in processes]
     assert [p.returncode for p in processes] == [0, 0], outputs
     errors = [r.error for r in ServiceRequest.objects(status__ne="succeeded")]
     assert statuses() == {"succeeded": 200}, errors
     called = [r.json["request_id"] for r in json_stub.requests]
     assert sorted(called) == sorted(ids)  # every request exactly once
-    # Both processes took part (each logs the requests it ended).
     assert all("request succeeded" in out for out in outputs), outputs
 
 
