@@ -23,6 +23,13 @@ pytest_plugins = ["tests.stubs.fixtures"]
 SYSTEM_TESTS = Path(__file__).resolve().parent / "system"
 
 
+@pytest.fixture(scope="session")
+def django_db_modify_db_settings_xdist_suffix():
+    """pytest-django gives each xdist worker's test database a suffix (`_gw0`); the executor
+    and recon processes a test starts would then open another, empty, file. Each worker has
+    a DATA_DIR of its own already (marketplace/pytest_plugin.py), so no suffix is needed."""
+
+
 def pytest_collection_modifyitems(items):
     """Every test under tests/system/ is a `system` test (`make test-fast` deselects them)."""
     for item in items:

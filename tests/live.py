@@ -142,11 +142,14 @@ class LiveStack:
                 process.wait()
 
 
-def wait_until(predicate, timeout: float = 60, what: str = "condition"):
+def wait_until(predicate, timeout: float = 60, what: str = "condition", describe=None):
+    """predicate()'s first true value, looked at every 0.1 s; AssertionError after `timeout`
+    seconds, saying what it waited for (and `describe()`, what it found instead)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
+    found = f"; found {describe()}" if describe else ""
+    raise AssertionError(f"timed out waiting for {what}{found}")

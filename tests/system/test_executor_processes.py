@@ -6,6 +6,7 @@ import os
 import signal
 import subprocess
 import sys
+from collections import Counter
 from dataclasses import asdict
 
 import pytest
@@ -13,6 +14,7 @@ from django.conf import settings
 from rq import Worker
 
 from api.documents import ServiceRequest
+from api.models import Account, LedgerEntry
 from executor import breaker, resources
 from executor.resources import Resource, snapshot
 from infra.stores import redis_connection
@@ -67,6 +69,11 @@ def test_sigterm_lets_in_flight_jobs_finish_within_the_grace(alice_api, make_off
     assert statuses() == {"succeeded": N}, output
 
 
+def running_on() -> set[str]:
+    """The executors that run requests now (by the worker name on each running request)."""
+    return {r.worker for r in ServiceRequest.objects(status="running").only("worker")} - {None, ""}
+
+
 def test_two_executors_never_run_the_same_request_twice(alice_api, make_offer, json_stub):
     """Two burst executors of 50 against the `http` resource's 64 slots: the second one finds
     the resource saturated, waits and may schedule retries, which it runs before it exits
@@ -78,11 +85,7 @@ def test_two_executors_never_run_the_same_request_twice(alice_api, make_offer, j
     json_stub.hold()
     processes = [executor_process("--concurrency", "50", "--burst") for _ in range(2)]
     try:
-        wait_until(
-            lambda: len(ServiceRequest.objects(status="running").distinct("worker")) == 2,
-            timeout=90,
-            what="calls in flight from both executors",
-        )
+        wait_until(lambda: len(running_on()) == 2, timeout=90, what="calls from both executors")
     finally:
         json_stub.release()
     outputs = [finish(p, timeout=120) for p in processes]
@@ -91,7 +94,15 @@ def test_two_executors_never_run_the_same_request_twice(alice_api, make_offer, j
     assert statuses() == {"succeeded": 200}, errors
     called = [r.json["request_id"] for r in json_stub.requests]
     assert sorted(called) == sorted(ids)  # every request exactly once
-    assert all("request succeeded" in out for out in outputs), outputs
+    # Both took part: each ran some of the requests, by the name on each request and its log.
+    ran = Counter(r.worker for r in ServiceRequest.objects.only("worker"))
+    assert len(ran) == 2 and sum(ran.values()) == 200, ran
+    logged = sorted(out.count("request succeeded") for out in outputs)
+    assert logged == sorted(ran.values()), (ran, logged)
+    # … and each was charged exactly once.
+    charged = LedgerEntry.objects.filter(kind="capture", request_id__in=ids)
+    assert sorted(charged.values_list("request_id", flat=True)) == sorted(ids)
+    assert Account.objects.get(user=alice_api.user).held == 0
 
 
 def stop(process: subprocess.Popen) -> str:
@@ -144,7 +155,11 @@ def test_the_breaker_is_shared_by_executor_processes_and_closes_after_a_trial(
         assert flaky_stub.hits == hits + 1
         assert breaker.snapshot(resources.get_resource("http"))["state"] == "closed"
         after = [submit(alice_api, "/svc/text/post/", {"x": f"after{i}"})["id"] for i in range(3)]
-        wait_until(lambda: all(stored(i).status == "succeeded" for i in after), what="3 more")
+        wait_until(
+            lambda: all(stored(i).status == "succeeded" for i in after),
+            what="3 more to succeed",
+            describe=lambda: [(stored(i).status, stored(i).error) for i in after],
+        )
     finally:
         outputs = [stop(p) for p in processes]
     assert all(MAIN_KEY not in out for out in outputs)
