@@ -31,12 +31,16 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 def finish(process: subprocess.Popen, timeout: float = 60) -> str:
+    """The executor's output once it stopped; an error it logged fails the test (a job that
+    broke after its request's status was written would otherwise pass unseen)."""
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         os.killpg(process.pid, signal.SIGKILL)
         output, _ = process.communicate()
         raise AssertionError(f"executor did not stop:\n{output[-3000:]}")
+    errors = [line for line in output.splitlines() if '"level": "ERROR"' in line]
+    assert errors == [], errors[:3]
     return output
 
 
@@ -163,6 +167,7 @@ def test_the_breaker_is_shared_by_executor_processes_and_closes_after_a_trial(
     finally:
         outputs = [stop(p) for p in processes]
     assert all(MAIN_KEY not in out for out in outputs)
+    assert not [line for out in outputs for line in out.splitlines() if '"level": "ERROR"' in line]
 
 
 @pytest.fixture
