@@ -14,8 +14,14 @@ def main() -> None:
     # Multiprocess metrics: the directory must exist before the first metric is created.
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
         os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+    from django.conf import settings
+    from django.core.exceptions import ImproperlyConfigured
     from django.core.management import execute_from_command_line
 
+    try:  # load the settings: a bad value is one line saying how to fix it, not a traceback
+        settings.INSTALLED_APPS  # noqa: B018
+    except ImproperlyConfigured as exc:
+        sys.exit(logs.redact(f"manage.py: {exc}"))
     execute_from_command_line(sys.argv)
 
 

@@ -27,7 +27,7 @@ from api.documents import (
 from api.services.requests import now
 from executor import liveness, resources
 from executor.queues import all_queue_names, get_queue
-from infra.stores import redis_connection
+from infra.stores import RQ_SERIALIZER, redis_connection
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ def _listeners(connection, live: set[str]) -> dict[str, int]:
     """Live executors per queue: RQ's worker records, only those still beating (a kill -9
     leaves its RQ record behind for minutes; its beats stop at once)."""
     counts: dict[str, int] = {}
-    for worker in Worker.all(connection=connection):
+    for worker in Worker.all(connection=connection, serializer=RQ_SERIALIZER):
         if worker.name in live:
             for name in worker.queue_names():
                 counts[name] = counts.get(name, 0) + 1
@@ -141,7 +141,7 @@ def _near_budget(connection) -> dict[str, BudgetUse]:
 
 
 def detail(health: Health) -> dict:
-    """The snapshot as `/healthz?detail=1` shows it (no executor names: it needs no token)."""
+    """The snapshot as `/healthz?detail=1` shows it to a metrics reader (no executor names)."""
     return {
         "queues": {
             name: {

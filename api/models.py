@@ -9,6 +9,7 @@ from django.core.validators import MaxValueValidator, MinValueValidator
 from django.db import models
 
 from api import deal_rules, defaults
+from api.keys import ApiKey  # noqa: F401 (a model of this app, defined beside its format)
 from api.prompt_templates import TemplateError, template_fields
 from executor import credentials
 from executor.handlers import all_handlers
@@ -294,6 +295,11 @@ class LedgerEntry(models.Model):
     # Set on captures and releases only: unique, so a request is settled exactly once.
     settles = models.CharField(max_length=80, null=True, blank=True, unique=True, editable=False)
     note = models.CharField(max_length=200, blank=True)
+    # On holds: the API key the request came with (its budget and in-flight count move with
+    # the hold and its settlement).
+    api_key = models.ForeignKey(
+        "api.ApiKey", null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
     created_at = models.DateTimeField(auto_now_add=True, db_index=True)
 
     class Meta:

@@ -18,6 +18,7 @@ from api.documents import (
     SUCCEEDED,
     ServiceRequest,
 )
+from api.keys import ApiKey
 from api.models import Account, LedgerEntry, ServiceDeal, ServiceOffer, UsageRecord
 
 
@@ -61,7 +62,22 @@ def account_summary(*, user) -> dict:
         "balance": account.balance if account else 0,
         "held": account.held if account else 0,
         "transactions": list(entries),
+        "keys": key_list_for_user(user=user),
     }
+
+
+def key_list_for_user(*, user) -> list[ApiKey]:
+    return list(ApiKey.objects.filter(user=user))
+
+
+def key_list(*, user=None) -> list[ApiKey]:
+    """Every key (with its user), or one client's."""
+    keys = ApiKey.objects.select_related("user")
+    return list(keys.filter(user=user) if user is not None else keys)
+
+
+def key_get_for_user(*, key_id: int, user) -> ApiKey | None:
+    return ApiKey.objects.filter(pk=key_id, user=user).first()
 
 
 # --- what recon looks for -------------------------------------------------------------------

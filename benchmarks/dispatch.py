@@ -15,6 +15,7 @@ import redis
 from rq import Queue, SimpleWorker
 
 from benchmarks.stack import Stack
+from infra.stores import RQ_SERIALIZER
 
 JOBS = 3000
 # Jobs the executor keeps in flight (the settings' default EXECUTOR_CONCURRENCY).
@@ -29,7 +30,7 @@ def noop() -> None:
 
 
 def enqueue(connection: redis.Redis, queue_name: str) -> list[str]:
-    queue = Queue(queue_name, connection=connection)
+    queue = Queue(queue_name, connection=connection, serializer=RQ_SERIALIZER)
     jobs = queue.enqueue_many([Queue.prepare_data(NOOP_JOB, result_ttl=600) for _ in range(JOBS)])
     return [job.id for job in jobs]
 
@@ -100,7 +101,11 @@ def main() -> None:
     parser.add_argument("--queue", required=True)
     args = parser.parse_args()
     connection = redis.Redis.from_url(os.environ["REDIS_URL"])
-    worker = SimpleWorker([Queue(args.queue, connection=connection)], connection=connection)
+    worker = SimpleWorker(
+        [Queue(args.queue, connection=connection, serializer=RQ_SERIALIZER)],
+        connection=connection,
+        serializer=RQ_SERIALIZER,  # as the executor: the same JSON jobs, the same cost
+    )
     worker.work(burst=True, logging_level=os.environ.get("LOG_LEVEL", "INFO"))
 
 

@@ -96,6 +96,8 @@ class Stack:
             REDIS_URL=redis.uri,
             DATA_DIR=str(self.data_dir),
             DJANGO_SECRET_KEY=secrets.token_urlsafe(32),
+            # Plain HTTP on 127.0.0.1 (production would redirect to HTTPS and want host names).
+            SVC_ENVIRONMENT="development",
             SVC_INTAKE_RATE=INTAKE_RATE,
             SVC_RESOURCE_MAP=str(resource_map),
             PYTHONPATH=str(ROOT),

@@ -17,9 +17,10 @@ docs/benchmarks.md). Redis commands per request are counted (INFO commandstats) 
 beside the app's own count, so a drift of the replay from the app's sequence shows.
 """
 
+import base64
+import hashlib
 import itertools
 import os
-import pickle
 import sqlite3
 import threading
 import time
@@ -35,6 +36,7 @@ from api.http import sliding_window
 from benchmarks import measure
 from benchmarks.stack import ECHO_OFFER, Stack
 from executor import resources
+from infra.stores import RQ_SERIALIZER
 
 INTAKE_CONCURRENCY = 32
 EXECUTION_CONCURRENCY = 200
@@ -51,10 +53,21 @@ THROTTLE_LIMIT = 100_000_000
 EXECUTOR_QUEUES = ("svc-http", "svc-local", "svc-openai", "svc-default")
 REPLAY_QUEUE = "rq:queue:svc-local"
 
-# SQL of an intake: TokenAuthentication, selectors.offer_get_active, accounts.account_hold.
+# SQL of an intake: ApiKeyAuthentication, selectors.offer_get_active, accounts.account_hold
+# (the key's counters, the balance, the ledger entry).
 TOKEN_SQL = (
-    "SELECT * FROM authtoken_token INNER JOIN auth_user "
-    "ON (authtoken_token.user_id = auth_user.id) WHERE authtoken_token.key = ? LIMIT 21"
+    "SELECT * FROM api_apikey INNER JOIN auth_user "
+    "ON (api_apikey.user_id = auth_user.id) WHERE api_apikey.hashed = ? LIMIT 1"
+)
+KEY_TAKE_SQL = (
+    "UPDATE api_apikey SET in_flight = (in_flight + 1), period_spent = CASE WHEN "
+    "(period_start = ?) THEN (period_spent + 1) ELSE 1 END, period_start = ? "
+    "WHERE ((budget IS NULL OR (period_start = ? AND period_spent <= (budget - 1)) OR "
+    "(NOT (period_start = ? AND period_start IS NOT NULL) AND budget >= 1)) AND "
+    "(max_in_flight IS NULL OR in_flight < (max_in_flight)) AND id = ?)"
+)
+KEY_SETTLE_SQL = (
+    "UPDATE api_apikey SET in_flight = (in_flight - 1) WHERE (id = ? AND in_flight > 0)"
 )
 OFFER_SQL = (
     "SELECT * FROM api_serviceoffer INNER JOIN api_servicehandler "
@@ -68,8 +81,8 @@ HOLD_SQL = (
     "WHERE (balance >= 1 AND user_id = ?)"
 )
 LEDGER_SQL = (
-    "INSERT INTO api_ledgerentry (user_id, kind, amount, request_id, settles, note, created_at) "
-    "VALUES (?, ?, 1, ?, ?, '', ?) RETURNING id"
+    "INSERT INTO api_ledgerentry (user_id, kind, amount, request_id, settles, note, api_key_id, "
+    "created_at) VALUES (?, ?, 1, ?, ?, '', ?, ?) RETURNING id"
 )
 # SQL of an execution's settlement: settlement.request_settle → account_capture, usage_record.
 HOLD_LOOKUP_SQL = "SELECT * FROM api_ledgerentry WHERE (kind = 'hold' AND request_id = ?)"
@@ -80,8 +93,10 @@ USAGE_SQL = (
     "status, calls, credits, price, created_at) "
     "VALUES (?, ?, 'bench', 'echo', 'local.echo', 'local', 'succeeded', 1, 1, 1, ?) RETURNING id"
 )
-# A job's pickled, compressed call as RQ stores it (size matters, content does not).
-JOB_DATA = zlib.compress(pickle.dumps(("executor.jobs.run_request", None, ("x" * 64,), {})))
+# A job's call as RQ stores it, JSON compressed (size matters, content does not), and the
+# return value of its result (base64 of the JSON), as infra/stores.py's RQ_SERIALIZER writes.
+JOB_DATA = zlib.compress(RQ_SERIALIZER.dumps(["executor.jobs.run_request", None, ["x" * 64], {}]))
+JOB_RETURN_VALUE = base64.b64encode(RQ_SERIALIZER.dumps("succeeded")).decode()
 
 
 def _now() -> datetime:
@@ -117,7 +132,12 @@ class Replay:
         self.sqlite_path = _sqlite_copy(stack)
         self._local = threading.local()
         self.token = stack.token
-        self.user_id = self._sql().execute(TOKEN_SQL, (self.token,)).fetchone()[1]
+        self.token_hash = hashlib.sha256(self.token.encode()).hexdigest()
+        self.key_id, self.user_id = (
+            self._sql()
+            .execute("SELECT id, user_id FROM api_apikey WHERE hashed = ?", (self.token_hash,))
+            .fetchone()
+        )
         self.resource = resources.Resource("local")
         self.worker = "rq:worker:replay"
         self.grants: dict[int, resources.Grant] = {}
@@ -151,9 +171,9 @@ class Replay:
     # --- intake: OfferIntakeView.post → intake_submit ------------------------------------
 
     def sql_lookups(self, i: int) -> None:
-        """TokenAuthentication's token + user, then selectors.offer_get_active."""
+        """ApiKeyAuthentication's key + user, then selectors.offer_get_active."""
         conn = self._sql()
-        conn.execute(TOKEN_SQL, (self.token,)).fetchall()
+        conn.execute(TOKEN_SQL, (hashlib.sha256(self.token.encode()).hexdigest(),)).fetchall()
         conn.execute(OFFER_SQL, (ECHO_OFFER[1], ECHO_OFFER[0])).fetchall()
 
     def throttle(self, i: int) -> None:
@@ -196,9 +216,13 @@ class Replay:
     def sql_hold(self, i: int) -> None:
         """accounts.account_hold: one IMMEDIATE transaction, the balance and a ledger entry."""
         conn = self._sql()
+        period = _stamp()[:10] + " 00:00:00"
         conn.execute("BEGIN IMMEDIATE")
+        conn.execute(KEY_TAKE_SQL, (period, period, period, period, self.key_id))
         conn.execute(HOLD_SQL, (self.user_id,))
-        conn.execute(LEDGER_SQL, (self.user_id, "hold", self.rid(i), None, _stamp())).fetchall()
+        conn.execute(
+            LEDGER_SQL, (self.user_id, "hold", self.rid(i), None, self.key_id, _stamp())
+        ).fetchall()
         conn.execute("COMMIT")
 
     def rq_enqueue(self, i: int) -> None:
@@ -328,8 +352,9 @@ class Replay:
         conn, rid = self._sql(), self.rid(i)
         conn.execute(HOLD_LOOKUP_SQL, (rid,)).fetchall()
         conn.execute("BEGIN IMMEDIATE")
-        conn.execute(LEDGER_SQL, (self.user_id, "capture", rid, rid, _stamp())).fetchall()
+        conn.execute(LEDGER_SQL, (self.user_id, "capture", rid, rid, None, _stamp())).fetchall()
         conn.execute(CAPTURE_SQL, (self.user_id,))
+        conn.execute(KEY_SETTLE_SQL, (self.key_id,))
         conn.execute("COMMIT")
         conn.execute(USAGE_LOOKUP_SQL, (rid,)).fetchall()
         conn.execute("BEGIN IMMEDIATE")
@@ -353,7 +378,7 @@ class Replay:
             )
             pipe.xadd(
                 f"rq:results:{rid}",
-                {"type": 1, "worker_name": "replay", "return_value": "gAWVDQAAAAAAAAA="},
+                {"type": 1, "worker_name": "replay", "return_value": JOB_RETURN_VALUE},
                 maxlen=10,
             )
             pipe.expire(f"rq:results:{rid}", 300)

@@ -54,6 +54,10 @@ class MongoTarget:
     uri: str = ""
     db: str = ""
 
+    def shown(self) -> str:
+        """The MongoDB the configs are in, fit to print (its password replaced)."""
+        return stores.redacted_uri(self.uri or settings.MONGO_URI)
+
 
 @dataclass(frozen=True)
 class Bootstrap:

@@ -1,6 +1,7 @@
 """RQ queues on the process's Redis connection: where a request's job goes (one queue per
 resource), enqueueing it by the job's dotted path (so the API never imports the executor's
-run loop), and what Redis really holds of a job (recon's `live_jobs`)."""
+run loop), and what Redis really holds of a job (recon's `live_jobs`). Jobs are stored as JSON
+(infra/stores.py: RQ_SERIALIZER), so every Queue, Job and registry here is made with it."""
 
 import logging
 import time
@@ -17,7 +18,7 @@ from rq.registry import DeferredJobRegistry, ScheduledJobRegistry
 from executor import defaults, liveness
 from executor.handlers import UnknownHandler, all_handlers, get_handler
 from executor.resources import load_resource_map, queue_name
-from infra.stores import redis_connection
+from infra.stores import RQ_SERIALIZER, redis_connection
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +45,9 @@ def all_queue_names() -> list[str]:
 
 
 def get_queue(name: str | None = None) -> Queue:
-    return Queue(name or settings.SVC_DEFAULT_QUEUE, connection=redis_connection())
+    return Queue(
+        name or settings.SVC_DEFAULT_QUEUE, connection=redis_connection(), serializer=RQ_SERIALIZER
+    )
 
 
 def job_timeout() -> int:
@@ -120,7 +123,9 @@ def live_jobs(job_ids: list[str], *, started_within: float) -> set[str]:
 def enqueue_again(*, request_id: str, queue: str) -> None:
     """Enqueue a request's job now, taking it out of its queue's scheduled retries first (so a
     scheduler that wakes up later does not run it a second time)."""
-    ScheduledJobRegistry(queue, connection=redis_connection()).remove(request_id)
+    ScheduledJobRegistry(queue, connection=redis_connection(), serializer=RQ_SERIALIZER).remove(
+        request_id
+    )
     enqueue_request(request_id=request_id, queue=queue)
 
 
@@ -142,16 +147,16 @@ def enqueue_due_scheduled(queue_names: list[str]) -> int:
     connection = redis_connection()
     moved = 0
     for name in queue_names:
-        registry = ScheduledJobRegistry(name, connection=connection)
+        registry = ScheduledJobRegistry(name, connection=connection, serializer=RQ_SERIALIZER)
         for job_id in registry.get_jobs_to_schedule(int(time.time())):
             job_id = job_id.decode() if isinstance(job_id, bytes) else job_id
             if not connection.zrem(registry.key, job_id):
                 continue  # another process (or RQ's scheduler) moved it
             try:
-                job = Job.fetch(job_id, connection=connection)
+                job = Job.fetch(job_id, connection=connection, serializer=RQ_SERIALIZER)
             except NoSuchJobError:
                 continue
-            Queue(name, connection=connection)._enqueue_job(
+            Queue(name, connection=connection, serializer=RQ_SERIALIZER)._enqueue_job(
                 job, at_front=job.should_enqueue_at_front()
             )
             moved += 1
@@ -177,7 +182,7 @@ def _parse_time(value: str) -> datetime:
 def cancel_job(job_id: str) -> None:
     """Take a queued job out of its queue (into RQ's canceled registry); best effort."""
     try:
-        Job.fetch(job_id, connection=redis_connection()).cancel()
+        Job.fetch(job_id, connection=redis_connection(), serializer=RQ_SERIALIZER).cancel()
     except (NoSuchJobError, InvalidJobOperation, redis.RedisError) as exc:
         logger.info("job %s not canceled in RQ: %s", job_id, type(exc).__name__)
 

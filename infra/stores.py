@@ -1,16 +1,25 @@
 """The process's connections to the stores it shares with every other process, configured from
 settings only: Redis (one client per process, for RQ queues, counters and leases) and MongoDB
 (mongoengine's default alias, opened lazily so forked processes each get their own).
-SQL is Django's own (`DATABASES`)."""
+SQL is Django's own (`DATABASES`).
 
+What goes into Redis is JSON, never pickle: anyone who can write a key could otherwise make
+every process that loads it run code. RQ's jobs use RQ_SERIALIZER (every Queue, Job, Worker
+and registry the project makes), Django's cache CacheSerializer. Credentials may sit in
+MONGO_URI / REDIS_URL (scheme://user:password@host); print a URI only as `redacted_uri(uri)`.
+"""
+
+import json
+import re
 from functools import lru_cache
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import mongoengine
 import redis
 from django.conf import settings
 from pymongo import MongoClient
 from pymongo.uri_parser import parse_uri
+from rq.serializers import JSONSerializer
 
 # Database used when MONGO_URI names none.
 MONGO_DEFAULT_DB = "svc"
@@ -22,6 +31,15 @@ MONGO_SERVER_SELECTION_TIMEOUT_MS = 3000
 REDIS_SOCKET_TIMEOUT = 10
 REDIS_CONNECT_TIMEOUT = 3
 REDIS_HEALTH_CHECK_INTERVAL = 30
+# How RQ stores a job's call, result and meta: JSON (job arguments are ids, results statuses).
+# RQ's command line needs it too: `rq info --serializer rq.serializers.JSONSerializer`.
+RQ_SERIALIZER = JSONSerializer
+# What stands in for a password when a URI is printed.
+REDACTED_PASSWORD = "[redacted]"
+# Query parameters of a store URI that carry a secret (redis-py reads `?password=`).
+_SECRET_QUERY_KEYS = {"password", "pass", "secret", "token"}
+# The password of a URI anywhere in a text: scheme://user:password@ or scheme://:password@.
+_URI_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+(?=@)")
 
 
 @lru_cache(maxsize=1)
@@ -92,3 +110,42 @@ def mongo_db_at(uri: str = "", db: str = ""):
     if not uri or uri == settings.MONGO_URI:
         return mongo_db() if not db else mongoengine.get_connection()[db]
     return _mongo_client(uri)[db or parse_uri(uri).get("database") or MONGO_DEFAULT_DB]
+
+
+def redacted_uri(uri: str) -> str:
+    """`uri` fit to print: its password (userinfo or `?password=`) replaced, the rest kept so
+    the reader still sees which server and user it names."""
+    parts = urlsplit(uri)
+    userinfo, at, hosts = parts.netloc.rpartition("@")
+    if at and ":" in userinfo:
+        userinfo = f"{userinfo.partition(':')[0]}:{REDACTED_PASSWORD}"
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    if any(key.lower() in _SECRET_QUERY_KEYS for key, _ in query):  # else kept as written
+        query = [
+            (key, REDACTED_PASSWORD if key.lower() in _SECRET_QUERY_KEYS else value)
+            for key, value in query
+        ]
+        parts = parts._replace(query=urlencode(query, safe="[]:,"))
+    return urlunsplit(parts._replace(netloc=f"{userinfo}{at}{hosts}"))
+
+
+def redact_uri_passwords(text: str) -> str:
+    """`text` with the password of every URI in it replaced (e.g. a config's plain values)."""
+    return _URI_PASSWORD.sub(lambda match: match[1] + REDACTED_PASSWORD, text)
+
+
+class CacheSerializer:
+    """Django's Redis cache (CACHES' OPTIONS "serializer") in JSON instead of pickle. Integers
+    stay bare, as Django's own serializer keeps them, so `incr()` and `decr()` work; values
+    must be JSON types (a datetime raises TypeError on `set()`, never later on `get()`)."""
+
+    def dumps(self, obj):
+        if type(obj) is int:
+            return obj
+        return json.dumps(obj, separators=(",", ":")).encode()
+
+    def loads(self, data):
+        try:
+            return int(data)
+        except ValueError:
+            return json.loads(data)

@@ -24,7 +24,7 @@ from pathlib import Path
 from cryptography.fernet import Fernet
 from django.core.exceptions import ImproperlyConfigured
 
-from infra import embedded
+from infra import embedded, logs
 from infra.envs import envint, envoptional
 from marketplace.supervisor import StackFailed, Supervisor
 
@@ -47,12 +47,12 @@ def main() -> int:
     try:
         return _run()
     except ImproperlyConfigured as exc:  # a variable with a bad value: one line, no traceback
-        raise Refused(f"make run: {exc}") from None
+        raise Refused(logs.redact(f"make run: {exc}")) from None
 
 
 def _run() -> int:
-    data_dir = Path(envoptional("DATA_DIR") or ROOT / ".data").resolve()
-    data_dir.mkdir(parents=True, exist_ok=True)
+    logs.register_env_secrets(os.environ)  # what it prints passes logs.redact()
+    data_dir = _private_data_dir(Path(envoptional("DATA_DIR") or ROOT / ".data").resolve())
     lock = _lock(data_dir)
     port = envint("PORT", API_PORT)
     if not embedded.port_free(port):
@@ -91,7 +91,17 @@ def _run() -> int:
 
 
 def _say(line: str) -> None:
-    print(line, flush=True)
+    print(logs.redact(line), flush=True)  # a store URI's password never reaches the terminal
+
+
+def _private_data_dir(data_dir: Path) -> Path:
+    """DATA_DIR and all the stack writes there (the SQLite file, the servers' data, secrets,
+    dev.env) for this user only: umask 077 for this process and its children, and a directory
+    an earlier version made 0755 closed to the others now."""
+    os.umask(0o077)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    data_dir.chmod(0o700)
+    return data_dir
 
 
 def _lock(data_dir: Path):
@@ -153,14 +163,21 @@ def _own_server(data_dir: Path, kind: str, variable: str, default: int) -> embed
 
 def _environment(data_dir: Path, servers: list[embedded.Server]) -> dict:
     env = dict(os.environ, DATA_DIR=str(data_dir), PYTHONUNBUFFERED="1")
+    # A developer's machine: local hosts over plain HTTP, DEBUG allowed (marketplace/settings).
+    env.setdefault("SVC_ENVIRONMENT", "development")
     by_name = {s.name: s for s in servers}
     if "SecantusDB" in by_name:
         env["MONGO_URI"] = by_name["SecantusDB"].uri
     if "redis" in by_name:
         env["REDIS_URL"] = by_name["redis"].uri
     env.setdefault("DJANGO_SECRET_KEY", _persistent_secret(data_dir / "secret_key"))
+    # A developer's stack issues `svc_test_…` keys: they never work on a live deployment.
+    env.setdefault("SVC_API_KEY_ENVIRONMENT", "test")
     # The key `~` config values are encrypted with (configs/keys.py); kept like the secret key.
     env.setdefault("CONFIG_FERNET_KEY", _persistent_secret(data_dir / "fernet_key", fernet=True))
+    # The bearer token /metrics and /healthz?detail=1 want (infra/metrics.py); kept likewise.
+    env.setdefault("SVC_METRICS_TOKEN", _persistent_secret(data_dir / "metrics_token", 32))
+    logs.register_env_secrets(env)
     # Every process writes its metrics here and the API's /metrics shows them all
     # (infra/metrics.py); emptied now, before any process of this run starts.
     env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(data_dir / "prometheus"))
@@ -170,7 +187,8 @@ def _environment(data_dir: Path, servers: list[embedded.Server]) -> dict:
         stale.unlink()
     # Written so that `manage.py …` in another shell reaches the same servers (see settings).
     keys = ("MONGO_URI", "REDIS_URL", "DJANGO_SECRET_KEY", "CONFIG_FERNET_KEY")
-    keys += ("PROMETHEUS_MULTIPROC_DIR",)
+    keys += ("PROMETHEUS_MULTIPROC_DIR", "SVC_API_KEY_ENVIRONMENT")
+    keys += ("SVC_ENVIRONMENT", "SVC_METRICS_TOKEN")
     (data_dir / "dev.env").write_text("".join(f"{k}={env[k]}\n" for k in keys))
     os.chmod(data_dir / "dev.env", 0o600)
     return env
@@ -188,7 +206,9 @@ def _manage(env: dict, *args: str) -> str:
         [sys.executable, str(ROOT / "manage.py"), *args], env=env, capture_output=True, text=True
     )
     if result.returncode != 0:
-        raise SystemExit(f"manage.py {' '.join(args)} failed:\n{result.stderr.strip()}")
+        raise SystemExit(
+            logs.redact(f"manage.py {' '.join(args)} failed:\n{result.stderr.strip()}")
+        )
     return result.stdout
 
 
@@ -221,14 +241,18 @@ def _ensure_admin(env: dict, data_dir: Path) -> str:
 
 
 def _ensure_demo_client(env: dict, data_dir: Path) -> str:
-    # Credits are granted once, on the first run; later runs only print the token again.
-    marker = data_dir / "demo_client_created"
-    credits = "0" if marker.exists() else str(DEMO_CREDITS)
-    token = (
-        _manage(env, "create_client", DEMO_CLIENT, "--credits", credits).strip().splitlines()[-1]
-    )
-    marker.touch()
-    return token
+    """The demo client's key. Keys are shown once and stored hashed, so the first run keeps
+    the one create_client printed in DATA_DIR/demo_key (0600); later runs print it again (a
+    revoked one is replaced: delete the file)."""
+    saved, granted = data_dir / "demo_key", data_dir / "demo_client_created"
+    if saved.exists():
+        return saved.read_text().strip()
+    credits = "0" if granted.exists() else str(DEMO_CREDITS)  # granted once, on the first run
+    key = _manage(env, "create_client", DEMO_CLIENT, "--credits", credits).strip().splitlines()[-1]
+    saved.write_text(key + "\n")
+    os.chmod(saved, 0o600)
+    granted.touch()
+    return key
 
 
 def _children(env: dict) -> dict[str, list[str]]:
@@ -254,15 +278,16 @@ def _banner(env: dict, admin_password: str, token: str) -> None:
     base = f"http://127.0.0.1:{port}"
     print(
         f"""
-  API       {base}/svc/   (health: {base}/healthz, metrics: {base}/metrics)
+  API       {base}/svc/   (health: {base}/healthz)
+  Metrics   {base}/metrics   header: Authorization: Bearer {env["SVC_METRICS_TOKEN"]}
   Admin     {base}/admin/   user: {ADMIN_USER}   password: {admin_password}
-  Token     {token}   (client '{DEMO_CLIENT}')
+  API key   {token}   (client '{DEMO_CLIENT}'; more: manage.py key create {DEMO_CLIENT})
 
   Try it:
-    curl -s -X POST {base}/svc/text/greet/ -H 'Authorization: Token {token}' \\
+    curl -s -X POST {base}/svc/text/greet/ -H 'Authorization: Bearer {token}' \\
          -H 'Content-Type: application/json' -d '{{"name": "Ada"}}'
-    curl -s {base}/svc/request/<id>/ -H 'Authorization: Token {token}'
-    curl -s -X POST {base}/svc/deal/starter/ -H 'Authorization: Token {token}' \\
+    curl -s {base}/svc/request/<id>/ -H 'Authorization: Bearer {token}'
+    curl -s -X POST {base}/svc/deal/starter/ -H 'Authorization: Bearer {token}' \\
          -d '{{"inputs": {{"name": "Ada", "text": "hi"}}, "addons": ["text/shout"]}}'
 
   A child that dies is restarted; Ctrl-C stops everything.

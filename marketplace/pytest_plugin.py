@@ -36,6 +36,9 @@ def pytest_load_initial_conftests(early_config, parser, args):
     os.environ["DATA_DIR"] = str(_tmp / "data")
     (_tmp / "data" / "static").mkdir(parents=True)  # STATIC_ROOT, served by whitenoise
     os.environ.setdefault("DJANGO_SECRET_KEY", secrets.token_urlsafe(32))
+    # Local hosts over plain HTTP (marketplace/settings.py); what reads /metrics sends the token.
+    os.environ.setdefault("SVC_ENVIRONMENT", "development")
+    os.environ.setdefault("SVC_METRICS_TOKEN", secrets.token_urlsafe(32))
     os.environ["SVC_TEST_DB_IS_MAIN"] = "1"
     if os.environ.pop(OWNER_ENV, None):  # started by the controller of this xdist worker
         del os.environ["MONGO_URI"], os.environ["REDIS_URL"]

@@ -1,9 +1,11 @@
 """Settings, all read from the environment (see API.md, "Environment")."""
 
 import os
+from datetime import timedelta
 from pathlib import Path
 
 import dj_database_url
+from csp import constants as csp
 from django.core.exceptions import ImproperlyConfigured
 
 from infra import logs
@@ -13,6 +15,7 @@ from infra.envs import (
     envint,
     envlist,
     envmatching,
+    envnetworks,
     envoptional,
     envstr,
     load_dev_env,
@@ -24,13 +27,77 @@ DATA_DIR = Path(envstr("DATA_DIR", str(BASE_DIR / ".data"))).resolve()
 # shell finds them; variables set in the environment always win.
 load_dev_env(DATA_DIR / "dev.env")
 
+# Where this runs. `production` (the default, so a deploy is secure unless told otherwise)
+# refuses DEBUG, wants DJANGO_ALLOWED_HOSTS and turns on HTTPS-only cookies, HSTS and the
+# HTTPS redirect (below); `development` (`make run` and the tests set it) allows local hosts
+# over plain HTTP.
+SVC_ENVIRONMENT = envstr("SVC_ENVIRONMENT", "production")
+if SVC_ENVIRONMENT not in ("production", "development"):
+    raise ImproperlyConfigured(
+        f"SVC_ENVIRONMENT must be production or development, not {SVC_ENVIRONMENT!r}"
+    )
+PRODUCTION = SVC_ENVIRONMENT == "production"
 DEBUG = envbool("DJANGO_DEBUG", False)
+if DEBUG and PRODUCTION:
+    raise ImproperlyConfigured(
+        "DJANGO_DEBUG is on in production: unset it (or, on a development machine, set "
+        "SVC_ENVIRONMENT=development)."
+    )
 SECRET_KEY = envstr(
     "DJANGO_SECRET_KEY",
     hint="`make run` generates one under DATA_DIR; elsewhere "
     "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(50))'",
 )
-ALLOWED_HOSTS = [h.strip() for h in envstr("DJANGO_ALLOWED_HOSTS", "*").split(",") if h.strip()]
+# Host names this deployment answers to (comma-separated); in development the local ones.
+ALLOWED_HOSTS = envlist("DJANGO_ALLOWED_HOSTS") or (
+    [] if PRODUCTION else ["localhost", "127.0.0.1", "[::1]", "testserver"]
+)
+if not ALLOWED_HOSTS:
+    raise ImproperlyConfigured(
+        "DJANGO_ALLOWED_HOSTS is not set: name the host names this API answers to, e.g. "
+        "DJANGO_ALLOWED_HOSTS=api.example.com (or, on a development machine, set "
+        "SVC_ENVIRONMENT=development)."
+    )
+# Origins (scheme://host) whose POSTs to the admin pass the CSRF check besides this host's
+# own: e.g. https://admin.example.com when a proxy serves the admin under another name.
+CSRF_TRUSTED_ORIGINS = envlist("DJANGO_CSRF_TRUSTED_ORIGINS")
+# The header a TLS-terminating proxy sets to "https" (e.g. X-Forwarded-Proto), so Django sees
+# requests as secure; unset when nothing in front of the API sets it (a client could forge it).
+SVC_PROXY_SSL_HEADER = envoptional("SVC_PROXY_SSL_HEADER")
+if SVC_PROXY_SSL_HEADER:
+    SECURE_PROXY_SSL_HEADER = (
+        "HTTP_" + SVC_PROXY_SSL_HEADER.strip().upper().replace("-", "_"),
+        "https",
+    )
+# HTTPS only in production: browsers keep to HTTPS for DJANGO_SECURE_HSTS_SECONDS (a year;
+# 0 turns HSTS off), plain-HTTP requests are redirected (DJANGO_SECURE_SSL_REDIRECT=0 when the
+# proxy does it), cookies never travel in clear. /healthz and /metrics are exempt from the
+# redirect: load balancers and Prometheus call the API servers directly, inside the network.
+SESSION_COOKIE_HTTPONLY = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+X_FRAME_OPTIONS = "DENY"
+SECURE_REFERRER_POLICY = "same-origin"
+if PRODUCTION:
+    SECURE_HSTS_SECONDS = envint("DJANGO_SECURE_HSTS_SECONDS", 31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_SSL_REDIRECT = envbool("DJANGO_SECURE_SSL_REDIRECT", True)
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+# Content-Security-Policy (django-csp) on every answer: the pages (the admin) load scripts,
+# styles and images from this origin only, never inline, and may not be framed.
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": [csp.SELF],
+        "script-src": [csp.SELF],
+        "style-src": [csp.SELF],
+        "img-src": [csp.SELF, "data:"],
+        "frame-ancestors": [csp.NONE],
+        "form-action": [csp.SELF],
+        "base-uri": [csp.SELF],
+    }
+}
 
 INSTALLED_APPS = [
     "django.contrib.admin",
@@ -40,27 +107,34 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
-    "rest_framework.authtoken",
     "django_prometheus",
+    "csp",
     "infra.apps.InfraConfig",
     "api",
     "executor",
     "recon",
     "configs",
+    # Operators: every change audited (api/admin/audit.py), admin logins throttled.
+    "auditlog",
+    "axes",
 ]
 
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "infra.logs.ContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "csp.middleware.CSPMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    "marketplace.login_guard.LoginGuardMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "api.admin.audit.AuditMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "django_prometheus.middleware.PrometheusAfterMiddleware",
+    "axes.middleware.AxesMiddleware",  # last: it turns a refused login into the lockout page
 ]
 
 ROOT_URLCONF = "marketplace.urls"
@@ -114,6 +188,8 @@ CACHES = {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "svc",
+        # JSON, never pickle (infra/stores.py): nothing in Redis may make a reader run code.
+        "OPTIONS": {"serializer": "infra.stores.CacheSerializer"},
     }
 }
 
@@ -131,8 +207,26 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # Largest request body the intake accepts; larger bodies answer 413 payload_too_large.
 SVC_MAX_BODY_BYTES = envint("SVC_MAX_BODY_BYTES", 1024 * 1024)
+# Deepest nesting of arrays and objects an intake body may have (400 invalid_json past it).
+SVC_MAX_JSON_DEPTH = envint("SVC_MAX_JSON_DEPTH", 32)
+# Most inputs one request may name (400 invalid_inputs past it).
+SVC_MAX_INPUTS = envint("SVC_MAX_INPUTS", 64)
+# Longest string input, in characters (400 invalid_inputs past it).
+SVC_MAX_INPUT_CHARS = envint("SVC_MAX_INPUT_CHARS", 100_000)
 # Per-client intake rate (DRF throttle syntax), counted in Redis so it holds across processes.
 SVC_INTAKE_RATE = envstr("SVC_INTAKE_RATE", "6000/min")
+# Per API key: reads and cancels (GET /svc/request/…, /svc/account/…, cancels), same syntax.
+SVC_READ_RATE = envstr("SVC_READ_RATE", "6000/min")
+# Per client IP: requests without a valid key (none, malformed, unknown, revoked, expired) and
+# the public catalog; over it they answer 429 instead of 401.
+SVC_ANON_RATE = envstr("SVC_ANON_RATE", "120/min")
+# The kind of API key this deployment issues and accepts (`svc_live_…` or `svc_test_…`), so a
+# test key never works in production nor a live key on a developer's stack. Default: live.
+SVC_API_KEY_ENVIRONMENT = envstr("SVC_API_KEY_ENVIRONMENT", "live")
+if SVC_API_KEY_ENVIRONMENT not in ("live", "test"):
+    raise ImproperlyConfigured(
+        f"SVC_API_KEY_ENVIRONMENT must be live or test, not {SVC_API_KEY_ENVIRONMENT!r}"
+    )
 # Seconds an RQ job may run before the worker kills it (a handler should time out well before).
 SVC_JOB_TIMEOUT = envint("SVC_JOB_TIMEOUT", 900)
 # Jobs one executor process keeps in flight (`runexecutor --concurrency` overrides).
@@ -186,8 +280,37 @@ SVC_ALERT_ERROR_RATE = envfloat("SVC_ALERT_ERROR_RATE", 0.5)
 DISCORD_WEBHOOK_URL = envoptional("DISCORD_WEBHOOK_URL")
 SVC_ALERT_WEBHOOK_URL = envoptional("SVC_ALERT_WEBHOOK_URL")
 
+# Operators and the admin login (README, "Operators and roles").
+# Reverse proxies in front of the API that append the address they saw to X-Forwarded-For
+# (infra/client_ip.py): 0 uses the connection's address; more than there really are would let
+# a client pick its own address.
+SVC_PROXY_COUNT = envint("SVC_PROXY_COUNT", 0)
+# Wrong passwords one username may try from one address before that pair is locked out
+# (django-axes; a successful login resets the count), and the minutes a lockout lasts.
+SVC_ADMIN_LOGIN_FAILURES = envint("SVC_ADMIN_LOGIN_FAILURES", 5)
+SVC_ADMIN_LOGIN_LOCKOUT_MINUTES = envint("SVC_ADMIN_LOGIN_LOCKOUT_MINUTES", 15)
+# Admin login attempts one address may make (DRF rate syntax), counted in Redis; more answer
+# 429 before any password is hashed (marketplace/login_guard.py).
+SVC_ADMIN_LOGIN_RATE = envstr("SVC_ADMIN_LOGIN_RATE", "10/min")
+# Password checks (~0.5 s of a CPU each) the whole deployment runs at once; a login arriving
+# while they are all taken answers 429, so a flood of logins cannot starve the API of CPU.
+SVC_ADMIN_LOGIN_CONCURRENCY = max(envint("SVC_ADMIN_LOGIN_CONCURRENCY", 2), 1)
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",  # first: a locked-out pair is refused unhashed
+    "django.contrib.auth.backends.ModelBackend",
+]
+# django-axes (in SQL: operators see and delete lockouts under "Access attempts"): a pair is
+# the lockout's key, its address is infra/client_ip's, an attempt while locked renews the
+# lockout, and the answer is the admin's login page saying so, as a 429 (login_guard.refused).
+AXES_FAILURE_LIMIT = SVC_ADMIN_LOGIN_FAILURES
+AXES_COOLOFF_TIME = timedelta(minutes=SVC_ADMIN_LOGIN_LOCKOUT_MINUTES)
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"]]
+AXES_RESET_ON_SUCCESS = True
+AXES_CLIENT_IP_CALLABLE = "infra.client_ip.client_ip"
+AXES_LOCKOUT_CALLABLE = "marketplace.login_guard.lockout_response"
+
 REST_FRAMEWORK = {
-    "DEFAULT_AUTHENTICATION_CLASSES": ["rest_framework.authentication.TokenAuthentication"],
+    "DEFAULT_AUTHENTICATION_CLASSES": ["api.http.authentication.ApiKeyAuthentication"],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": ["rest_framework.renderers.JSONRenderer"],
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
@@ -221,3 +344,9 @@ PROMETHEUS_MULTIPROC_DIR = envoptional("PROMETHEUS_MULTIPROC_DIR")
 # Whether /metrics drops the live gauges of processes that no longer exist (killed with -9).
 # Turn it off when processes of different PID namespaces share the directory.
 SVC_METRICS_PRUNE_DEAD = envbool("SVC_METRICS_PRUNE_DEAD", True)
+# Who may read /metrics and /healthz?detail=1 (infra/metrics.py): a caller that sends
+# `Authorization: Bearer <SVC_METRICS_TOKEN>`, or one whose address (REMOTE_ADDR: behind a
+# proxy, the proxy's) is in SVC_METRICS_TRUSTED_NETWORKS (CIDRs, comma-separated). Neither set:
+# nobody (/metrics answers 403, /healthz leaves the detail out). `make run` makes a token.
+SVC_METRICS_TOKEN = envoptional("SVC_METRICS_TOKEN")
+SVC_METRICS_TRUSTED_NETWORKS = envnetworks("SVC_METRICS_TRUSTED_NETWORKS")

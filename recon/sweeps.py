@@ -44,7 +44,7 @@ from executor.queues import (
     job_timeout,
     live_jobs,
 )
-from infra.stores import redis_connection
+from infra.stores import RQ_SERIALIZER, redis_connection
 from recon import defaults
 from recon.metrics import REPAIRED
 
@@ -108,7 +108,7 @@ def sweep_failed_jobs() -> Counter:
     repaired = Counter()
     connection = redis_connection()
     for name in all_queue_names():
-        registry = FailedJobRegistry(name, connection=connection)
+        registry = FailedJobRegistry(name, connection=connection, serializer=RQ_SERIALIZER)
         ids = [i.decode() for i in connection.zrevrange(registry.key, 0, defaults.BATCH - 1)]
         if not ids:
             continue

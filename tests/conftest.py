@@ -3,12 +3,12 @@ from pathlib import Path
 import pytest
 from cryptography.fernet import Fernet
 from mongoengine.connection import get_db
-from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from api.documents import ServiceRequest
 from api.models import ServiceHandler, ServiceOffer
 from api.services.accounts import account_grant
+from api.services.keys import key_create
 from configs import keys
 from configs import live as config_live
 from configs import store as config_store
@@ -63,9 +63,11 @@ def fresh_fernet_key(monkeypatch) -> str:
 
 def _client_for(user) -> APIClient:
     client = APIClient()
-    token, _ = Token.objects.get_or_create(user=user)
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token.key}")
+    created = key_create(user=user, name="tests", can_manage_keys=True)
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {created.secret}")
     client.user = user
+    client.key = created.key
+    client.secret = created.secret
     return client
 
 

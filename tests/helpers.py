@@ -8,15 +8,15 @@ from pathlib import Path
 from rq import SimpleWorker
 
 from executor.queues import all_queue_names, get_queue
-from infra.stores import redis_connection
+from infra.stores import RQ_SERIALIZER, redis_connection
 
 
 def run_worker(*queues: str) -> None:
     """Drain the queues with a real RQ worker in this process (burst mode)."""
     names = queues or all_queue_names()
-    SimpleWorker([get_queue(q) for q in names], connection=redis_connection()).work(
-        burst=True, with_scheduler=False
-    )
+    SimpleWorker(
+        [get_queue(q) for q in names], connection=redis_connection(), serializer=RQ_SERIALIZER
+    ).work(burst=True, with_scheduler=False)
 
 
 def error_code(response) -> str:
@@ -36,6 +36,12 @@ def run_concurrent_worker(concurrency: int, *queues: str) -> None:
     ).work(burst=True, with_scheduler=False)
 
 
+def metrics_headers() -> dict[str, str]:
+    """What a scraper sends to read /metrics and /healthz?detail=1 (the test session's token,
+    set by marketplace/pytest_plugin.py)."""
+    return {"Authorization": f"Bearer {os.environ['SVC_METRICS_TOKEN']}"}
+
+
 def submit(api, path: str, inputs: dict) -> dict:
     response = api.post(path, inputs, format="json")
     assert response.status_code == 202, response.content
@@ -48,6 +54,18 @@ def queued_job_ids() -> list[str]:
 
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def manage_command(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """`manage.py …` in a process of its own with `env` (its settings as a deployment's)."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "manage.py"), *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def executor_process(*args: str) -> subprocess.Popen:

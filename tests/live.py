@@ -81,10 +81,14 @@ class LiveStack:
             self.manage("create_client", name, "--credits", str(credits)).strip().splitlines()[-1]
         )
         return httpx.Client(
-            base_url=self.url, headers={"Authorization": f"Token {token}"}, timeout=30
+            base_url=self.url, headers={"Authorization": f"Bearer {token}"}, timeout=30
         )
 
-    def start_api(self, workers: int = 2, threads: int = 8) -> None:
+    def start_api(self, workers: int = 2, threads: int = 8, port: int | None = None) -> str:
+        """A gunicorn API on the stack's port (or `port`: a second API server of the same
+        stack); returns its base URL once /healthz answers."""
+        port = port or self.port
+        url = f"http://127.0.0.1:{port}"
         self._spawn(
             [
                 str(Path(sys.executable).with_name("gunicorn")),
@@ -92,7 +96,7 @@ class LiveStack:
                 "-c",
                 str(ROOT / "deploy" / "gunicorn.conf.py"),
                 "--bind",
-                f"127.0.0.1:{self.port}",
+                f"127.0.0.1:{port}",
                 "--workers",
                 str(workers),
                 "--threads",
@@ -104,8 +108,8 @@ class LiveStack:
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                if httpx.get(f"{self.url}/healthz", timeout=2).status_code == 200:
-                    return
+                if httpx.get(f"{url}/healthz", timeout=2).status_code == 200:
+                    return url
             except httpx.HTTPError:
                 pass
             time.sleep(0.1)

@@ -1,4 +1,5 @@
-"""The operators' admin: catalog (handlers, offers), deals, accounts and the ledger, circuit
-breakers. Django's autodiscovery imports this package; each module registers its pages."""
+"""The operators' admin: catalog (handlers, offers), deals, accounts and the ledger, API keys,
+breakers; the audit trail of changes. Django's autodiscovery imports this package; each module
+registers its pages (audit: the models whose changes are logged)."""
 
-from api.admin import accounts, breakers, catalog, deals  # noqa: F401 (they register)
+from api.admin import accounts, audit, breakers, catalog, deals, keys  # noqa: F401 (they register)

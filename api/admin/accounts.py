@@ -1,10 +1,13 @@
-"""Admin for client credits: accounts (read-only balances, a grant action), ledger, usage."""
+"""Admin for client credits: accounts (read-only balances, a grant action, audited), ledger,
+usage."""
 
 from django import forms
 from django.contrib import admin, messages
+from django.db import transaction
 from django.db.models import Count, Sum
 from django.template.response import TemplateResponse
 
+from api.admin.audit import action_logged
 from api.models import Account, LedgerEntry, UsageRecord
 from api.services.accounts import account_grant
 from infra.admin_pages import ReadOnlyAdmin
@@ -35,7 +38,7 @@ class AccountAdmin(ReadOnlyAdmin):
             amount, note = form.cleaned_data["amount"], form.cleaned_data["note"]
             note = note or f"granted by {request.user.get_username()} in the admin"
             for account in queryset.select_related("user"):
-                account_grant(user=account.user, amount=amount, note=note)
+                _grant_audited(request, account, amount=amount, note=note)
             self.message_user(
                 request,
                 f"Granted {amount} credits to {queryset.count()} account(s).",
@@ -51,6 +54,24 @@ class AccountAdmin(ReadOnlyAdmin):
             "opts": self.model._meta,
         }
         return TemplateResponse(request, "admin/api/account/grant_credits.html", context)
+
+
+def _grant_audited(request, account: Account, *, amount: int, note: str) -> None:
+    """The grant and its audit entry (the balance before and after) commit together."""
+    with transaction.atomic():
+        account.refresh_from_db(fields=["balance"])  # not as listed: holds move it meanwhile
+        before = account.balance
+        entry = account_grant(user=account.user, amount=amount, note=note)
+        account.refresh_from_db(fields=["balance"])
+        action_logged(
+            request,
+            account,
+            changes={"balance": [before, account.balance]},
+            action="grant_credits",
+            amount=amount,
+            note=note,
+            ledger_entry=entry.request_id,
+        )
 
 
 @admin.register(LedgerEntry)

@@ -39,7 +39,7 @@ class PositionForm(forms.ModelForm):
     position = forms.IntegerField(
         required=False,
         min_value=0,
-        widget=forms.NumberInput(attrs={"style": "width: 4em"}),
+        widget=forms.NumberInput(attrs={"class": "svc-position"}),  # api/static/api/admin.css
         help_text="Empty or 0: right after the row above. Rows are renumbered 1, 2, … on save",
     )
 
@@ -113,6 +113,7 @@ class ServiceDealAdmin(admin.ModelAdmin):
 
     class Media:
         js = ["api/deal_price_preview.js"]
+        css = {"all": ["api/admin.css"]}
 
     def get_queryset(self, request):
         return (

@@ -55,7 +55,7 @@ def exception_handler(exc, context):
         return None  # a bug: Django's handler500 answers
     response = Response(exc.body(), status=exc.status)
     if exc.status == 401:
-        response["WWW-Authenticate"] = 'Token realm="api"'
+        response["WWW-Authenticate"] = 'Bearer realm="api"'
     if exc.extra.get("retry_after"):
         response["Retry-After"] = str(exc.extra["retry_after"])
     return response

@@ -1,9 +1,10 @@
 """Output shapes of the HTTP API (API.md, "Request representation")."""
 
-from datetime import datetime
+from datetime import UTC, datetime
 
 from api import deal_rules
 from api.documents import ServiceRequest
+from api.keys import ApiKey, period_end, period_start
 from api.models import LedgerEntry, ServiceDeal, ServiceOffer
 from api.prompt_templates import TemplateError
 
@@ -108,4 +109,39 @@ def account_repr(summary: dict) -> dict:
             }
             for entry in summary["transactions"]
         ],
+        "keys": [key_repr(key) for key in summary["keys"]],
     }
+
+
+def key_repr(key: ApiKey, *, secret: str | None = None) -> dict:
+    """A key without its secret; `secret` only in the answer that creates it."""
+    at = datetime.now(UTC)
+    start = period_start(key.budget_period, at)
+    body = {
+        "id": key.pk,
+        "name": key.name,
+        "display": key.display,
+        "environment": key.environment,
+        "state": key.state(at),
+        "can_manage_keys": key.can_manage_keys,
+        "created_at": iso(key.created_at),
+        "last_used_at": iso(key.last_used_at),
+        "expires_at": iso(key.expires_at),
+        "revoked_at": iso(key.revoked_at),
+        "limits": {
+            "allowed": list(key.allowed),
+            "budget": key.budget,
+            "budget_period": key.budget_period,
+            "rate_per_minute": key.rate_per_minute,
+            "max_in_flight": key.max_in_flight,
+        },
+        "usage": {
+            "period_start": iso(start),
+            "period_end": iso(period_end(key.budget_period, start)),
+            "spent": key.spent_in_period(at),
+            "in_flight": key.in_flight,
+        },
+    }
+    if secret is not None:
+        body["key"] = secret
+    return body

@@ -12,13 +12,26 @@ from rest_framework.views import APIView
 from api import health, selectors
 from api.errors import ApplicationError
 from api.http.body import read_json_object
-from api.http.representations import account_repr, deal_repr, offer_repr, request_repr
-from api.http.throttling import IntakeThrottle
+from api.http.inputs import KeyCreateInput
+from api.http.representations import (
+    account_repr,
+    deal_repr,
+    key_repr,
+    offer_repr,
+    request_repr,
+)
+from api.http.throttling import AnonymousThrottle, IntakeThrottle, KeyIntakeThrottle, ReadThrottle
 from api.services.cancel import request_cancel_by_client
 from api.services.deals import request_children
 from api.services.intake import intake_submit, intake_submit_deal
+from api.services.keys import (
+    expiry_from_days,
+    key_create_for_client,
+    key_require_manager,
+    key_revoke,
+)
 from configs import live
-from infra import logs, stores
+from infra import logs, metrics, stores
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +41,22 @@ def max_body_bytes() -> int:
     return (live.config("api") or {}).get("max_body_bytes") or settings.SVC_MAX_BODY_BYTES
 
 
+class ClientView(APIView):
+    """A view of a client's own data: the caller's API key is required, its reads and cancels
+    are limited per key, and no answer may be kept by a cache on the way."""
+
+    throttle_classes = [ReadThrottle]
+
+    def finalize_response(self, request, response, *args, **kwargs):
+        response = super().finalize_response(request, response, *args, **kwargs)
+        response["Cache-Control"] = "no-store"
+        return response
+
+
 class CatalogView(APIView):
     permission_classes = [AllowAny]
     authentication_classes = []
+    throttle_classes = [AnonymousThrottle]
 
     def get(self, request):
         return Response(
@@ -41,20 +67,22 @@ class CatalogView(APIView):
         )
 
 
-class OfferIntakeView(APIView):
-    throttle_classes = [IntakeThrottle]
+class OfferIntakeView(ClientView):
+    throttle_classes = [IntakeThrottle, KeyIntakeThrottle]
 
     def post(self, request, service: str, action: str):
         offer = selectors.offer_get_active(service=service, action=action)
         if offer is None:
             raise ApplicationError("not_found", f"no offer at /svc/{service}/{action}/", status=404)
         inputs = read_json_object(request, limit=max_body_bytes())
-        svc_request, created = intake_submit(user_id=request.user.pk, offer=offer, inputs=inputs)
+        svc_request, created = intake_submit(
+            user_id=request.user.pk, offer=offer, inputs=inputs, api_key=request.auth
+        )
         return Response(request_repr(svc_request), status=202 if created else 200)
 
 
-class DealIntakeView(APIView):
-    throttle_classes = [IntakeThrottle]
+class DealIntakeView(ClientView):
+    throttle_classes = [IntakeThrottle, KeyIntakeThrottle]
 
     def post(self, request, name: str):
         deal = selectors.deal_get_active(name=name)
@@ -62,12 +90,12 @@ class DealIntakeView(APIView):
             raise ApplicationError("not_found", f"no deal at /svc/deal/{name}/", status=404)
         body = read_json_object(request, limit=max_body_bytes())
         parent, children, created = intake_submit_deal(
-            user_id=request.user.pk, deal=deal, body=body
+            user_id=request.user.pk, deal=deal, body=body, api_key=request.auth
         )
         return Response(request_repr(parent, children), status=202 if created else 200)
 
 
-class RequestDetailView(APIView):
+class RequestDetailView(ClientView):
     def get(self, request, request_id: str):
         svc_request = selectors.request_get_for_user(request_id=request_id, user_id=request.user.pk)
         if svc_request is None:
@@ -75,7 +103,7 @@ class RequestDetailView(APIView):
         return Response(request_repr(svc_request, request_children(svc_request)))
 
 
-class RequestCancelView(APIView):
+class RequestCancelView(ClientView):
     def post(self, request, request_id: str):
         svc_request = selectors.request_get_for_user(request_id=request_id, user_id=request.user.pk)
         if svc_request is None:
@@ -103,9 +131,58 @@ class RequestCancelView(APIView):
         )
 
 
-class AccountView(APIView):
+class AccountView(ClientView):
     def get(self, request):
         return Response(account_repr(selectors.account_summary(user=request.user)))
+
+
+class KeyListView(ClientView):
+    """The client's keys (`GET`), and a new one (`POST`, answered with the key once). Only a
+    key marked `can_manage_keys` may do either."""
+
+    def get(self, request):
+        key_require_manager(request.auth)
+        return Response(
+            {"keys": [key_repr(k) for k in selectors.key_list_for_user(user=request.user)]}
+        )
+
+    def post(self, request):
+        key_require_manager(request.auth)
+        given = KeyCreateInput(data=read_json_object(request, limit=max_body_bytes()))
+        if not given.is_valid():
+            raise ApplicationError(
+                "invalid_inputs", _first_error(given.errors), fields=sorted(given.errors)
+            )
+        fields = dict(given.validated_data)
+        days = fields.pop("expires_in_days", None)
+        created = key_create_for_client(
+            user=request.user, by=request.auth, expires_at=expiry_from_days(days), **fields
+        )
+        return Response(key_repr(created.key, secret=created.secret), status=201)
+
+
+class KeyDetailView(ClientView):
+    def get(self, request, key_id: int):
+        key_require_manager(request.auth)
+        return Response(key_repr(self._key(request, key_id)))
+
+    def delete(self, request, key_id: int):
+        key_require_manager(request.auth)
+        key = self._key(request, key_id)
+        key_revoke(key=key, by=f"key {request.auth.pk}")
+        return Response(key_repr(key))
+
+    @staticmethod
+    def _key(request, key_id: int):
+        key = selectors.key_get_for_user(key_id=key_id, user=request.user)
+        if key is None:
+            raise ApplicationError("not_found", "no such key", status=404)
+        return key
+
+
+def _first_error(errors: dict) -> str:
+    name, problems = next(iter(errors.items()))
+    return f"{name}: {problems[0] if isinstance(problems, list) else problems}"
 
 
 def healthz(request):
@@ -116,8 +193,10 @@ def healthz(request):
     }
     healthy = all(value == "ok" for value in checks.values())
     body = {"status": "ok" if healthy else "unavailable", "checks": checks}
-    # Opt-in: load balancers poll /healthz often, and the snapshot costs a few round trips.
-    if healthy and request.GET.get("detail") == "1":
+    # Opt-in: load balancers poll /healthz often, and the snapshot costs a few round trips. It
+    # tells how busy the system is: only for callers that may read /metrics; the others get
+    # the plain answer (a load balancer configured with ?detail=1 keeps working).
+    if healthy and request.GET.get("detail") == "1" and metrics.metrics_allowed(request):
         body["detail"] = _health_detail()
     return JsonResponse(body, status=200 if healthy else 503)
 

@@ -11,9 +11,12 @@ never take an account below zero, on SQLite (IMMEDIATE transactions) as on Postg
 import uuid
 
 from django.db import IntegrityError, transaction
-from django.db.models import F
+from django.db.models import Case, F, Q, Value, When
+from django.utils import timezone
 
+from api import defaults
 from api.errors import ApplicationError
+from api.keys import ApiKey, period_start
 from api.models import Account, LedgerEntry, UsageRecord
 
 
@@ -39,21 +42,68 @@ def account_grant(*, user, amount: int, note: str = "", key: str | None = None) 
     return entry
 
 
-def account_hold(*, user_id: int, request_id: str, amount: int) -> bool:
-    """Reserve `amount` for a request; False if it was already held. 402 if the balance is short."""
+def account_hold(
+    *, user_id: int, request_id: str, amount: int, api_key: ApiKey | None = None
+) -> bool:
+    """Reserve `amount` for a request; False if it was already held. 402 if the balance is
+    short; with `api_key`, 402 `key_budget_exceeded` if the key's budget for the period is,
+    and 429 if the key has `max_in_flight` requests in flight already."""
     try:
         with transaction.atomic():
+            # The account row first, then the key's: settlement locks them in the same order
+            # (PostgreSQL would otherwise deadlock a hold against a settlement).
             taken = Account.objects.filter(user_id=user_id, balance__gte=amount).update(
                 balance=F("balance") - amount, held=F("held") + amount
             )
             if not taken:
                 raise _insufficient(user_id, amount)
+            if api_key is not None:
+                _key_take(api_key, amount)
             LedgerEntry.objects.create(
-                user_id=user_id, kind=LedgerEntry.HOLD, amount=amount, request_id=request_id
+                user_id=user_id,
+                kind=LedgerEntry.HOLD,
+                amount=amount,
+                request_id=request_id,
+                api_key=api_key,
             )
     except IntegrityError:
         return False  # held before (the whole transaction, balance change included, rolled back)
     return True
+
+
+def _key_take(key: ApiKey, amount: int) -> None:
+    """Count one more request in flight and `amount` more spent in the key's current period,
+    if both stay within its limits: one conditional UPDATE, exact under concurrency."""
+    current = period_start(key.budget_period, timezone.now())
+    in_period = Q(period_start=current)
+    fits = Q(budget=None) | (in_period & Q(period_spent__lte=F("budget") - amount))
+    fits |= ~in_period & Q(budget__gte=amount)
+    room = Q(max_in_flight=None) | Q(in_flight__lt=F("max_in_flight"))
+    taken = ApiKey.objects.filter(fits & room, pk=key.pk).update(
+        in_flight=F("in_flight") + 1,
+        period_spent=Case(When(in_period, then=F("period_spent") + amount), default=Value(amount)),
+        period_start=current,
+    )
+    if taken:
+        return
+    key.refresh_from_db(fields=["in_flight", "period_spent", "period_start"])
+    if key.max_in_flight is not None and key.in_flight >= key.max_in_flight:
+        raise ApplicationError(
+            "rate_limited",
+            f"this API key has {key.in_flight} requests in flight, its limit",
+            status=429,
+            retry_after=defaults.IN_FLIGHT_RETRY_AFTER,
+        )
+    spent = key.spent_in_period(timezone.now())
+    raise ApplicationError(
+        "key_budget_exceeded",
+        f"this request costs {amount} credits and the API key has {key.budget - spent} of its "
+        f"{key.budget} left this {key.budget_period}",
+        status=402,
+        budget=key.budget,
+        spent=spent,
+        price=amount,
+    )
 
 
 def _insufficient(user_id: int, amount: int) -> ApplicationError:
@@ -95,9 +145,25 @@ def _settle(request_id: str, kind: str, note: str) -> bool:
             if kind == LedgerEntry.RELEASE:
                 changes["balance"] = F("balance") + hold.amount
             Account.objects.filter(user_id=hold.user_id).update(**changes)
+            if hold.api_key_id is not None:
+                _key_settle(hold, refund=kind == LedgerEntry.RELEASE)
     except IntegrityError:
         return False  # settled before
     return True
+
+
+def _key_settle(hold: LedgerEntry, *, refund: bool) -> None:
+    """The hold's key has one request fewer in flight; a release gives its amount back to the
+    key's budget if the period it was held in is still the key's current one."""
+    keys = ApiKey.objects.filter(pk=hold.api_key_id)
+    keys.filter(in_flight__gt=0).update(in_flight=F("in_flight") - 1)
+    if refund and hold.amount:
+        period = keys.values_list("budget_period", flat=True).first()
+        if period is not None:
+            keys.filter(
+                period_start=period_start(period, hold.created_at),
+                period_spent__gte=hold.amount,
+            ).update(period_spent=F("period_spent") - hold.amount)
 
 
 def usage_record(
@@ -120,3 +186,9 @@ def usage_record(
         price=request.price if captured else 0,
     )
     UsageRecord.objects.bulk_create([record], ignore_conflicts=True)
+
+
+def account_hold_exists(*, request_id: str) -> bool:
+    """Whether the request's hold is in the ledger: its intake committed it (one read of the
+    unique (request_id, kind) index)."""
+    return LedgerEntry.objects.filter(request_id=request_id, kind=LedgerEntry.HOLD).exists()

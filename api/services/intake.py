@@ -6,17 +6,25 @@ Order matters for "nothing lost, nothing double-charged", for offers and deals a
 3. the work is started: the job enqueued (a deal: its items inserted, the ready ones
    enqueued); on failure the request ends `failed` and settling it releases the hold.
 A crash between steps leaves a queued document that recon finds and converges.
+
+An identical POST that loses the insert answers with the winner's request only once the
+winner committed it (step 2 done: its hold is in the ledger); if the winner discards it
+instead, the POST inserts again and gets its own answer (a 402 on the same empty balance).
 """
 
 import logging
+import time
 from collections.abc import Callable
 
+from api import defaults
 from api.documents import QUEUED, ServiceRequest
 from api.errors import ApplicationError
+from api.keys import ApiKey
 from api.models import ServiceDeal, ServiceOffer
 from api.services import deals
-from api.services.accounts import account_hold
-from api.services.requests import request_discard, request_fail, request_submit
+from api.services.accounts import account_hold, account_hold_exists
+from api.services.keys import key_check_allowed
+from api.services.requests import request_discard, request_exists, request_fail, request_submit
 from api.services.settlement import request_settle
 from executor.queues import enqueue_request, route_for_handler
 from infra import logs
@@ -25,12 +33,16 @@ logger = logging.getLogger(__name__)
 
 
 def intake_submit(
-    *, user_id: int, offer: ServiceOffer, inputs: dict
+    *, user_id: int, offer: ServiceOffer, inputs: dict, api_key: ApiKey | None = None
 ) -> tuple[ServiceRequest, bool]:
-    """Returns (request, created); created is False for a live identical request (no charge)."""
+    """Returns (request, created); created is False for a live identical request (no charge).
+    `api_key`: the key the client called with; its limits apply (api/keys.py)."""
+    key_check_allowed(key=api_key, target=f"{offer.service}/{offer.action}")
     resource, queue = route_for_handler(offer.handler_id)
-    request, created = request_submit(
-        user_id=user_id, offer=offer, inputs=inputs, queue=queue, resource=resource
+    request, created = _insert_or_committed(
+        lambda: request_submit(
+            user_id=user_id, offer=offer, inputs=inputs, queue=queue, resource=resource
+        )
     )
     # The rest of this HTTP request's records carry the request's story (infra/logs.py).
     logs.bind(request_id=request.id, client=user_id, offer=f"{offer.service}/{offer.action}")
@@ -39,6 +51,7 @@ def intake_submit(
     _accept(
         request,
         amount=offer.price,
+        api_key=api_key,
         start=lambda: enqueue_request(request_id=request.id, queue=request.queue),
         fail=lambda: request_fail(
             request_id=request.id,
@@ -52,11 +65,12 @@ def intake_submit(
 
 
 def intake_submit_deal(
-    *, user_id: int, deal: ServiceDeal, body: dict
+    *, user_id: int, deal: ServiceDeal, body: dict, api_key: ApiKey | None = None
 ) -> tuple[ServiceRequest, list[ServiceRequest], bool]:
     """Returns (parent, children, created); created is False for a live identical deal."""
+    key_check_allowed(key=api_key, target=f"deal/{deal.name}")
     plan = deals.deal_plan(deal=deal, body=body)
-    parent, created = deals.deal_insert(user_id=user_id, plan=plan)
+    parent, created = _insert_or_committed(lambda: deals.deal_insert(user_id=user_id, plan=plan))
     logs.bind(request_id=parent.id, client=user_id, offer=f"deal/{deal.name}")
     if not created:
         return parent, deals.request_children(parent), False
@@ -64,6 +78,7 @@ def intake_submit_deal(
     _accept(
         parent,
         amount=plan.price,
+        api_key=api_key,
         start=lambda: children.extend(deals.deal_start(parent=parent, plan=plan)),
         fail=lambda: deals.deal_fail(
             parent, code="unavailable", message="the queue was unavailable"
@@ -77,13 +92,14 @@ def _accept(
     request: ServiceRequest,
     *,
     amount: int,
+    api_key: ApiKey | None,
     start: Callable[[], object],
     fail: Callable[[], ServiceRequest | None],
 ) -> None:
     """Hold `amount` for the inserted request, then `start` its work; undo each step that
     cannot complete (402 discards the document; a failed start ends it and releases)."""
     try:
-        account_hold(user_id=request.user_id, request_id=request.id, amount=amount)
+        account_hold(user_id=request.user_id, request_id=request.id, amount=amount, api_key=api_key)
     except BaseException:
         request_discard(request_id=request.id)
         raise
@@ -97,3 +113,37 @@ def _accept(
         raise ApplicationError(
             "unavailable", "the queue is unavailable; retry shortly", status=503
         ) from None
+
+
+def _insert_or_committed(
+    insert: Callable[[], tuple[ServiceRequest, bool]],
+) -> tuple[ServiceRequest, bool]:
+    """`insert()`'s new request, or the identical live one it found once that one is committed.
+
+    The identical one may be another POST's that is between insert and hold: wait for its
+    hold; if that intake discards it instead (402), insert again. 503 when still undecided
+    after DUPLICATE_WAIT (a stalled intake; recon converges its document)."""
+    deadline = time.monotonic() + defaults.DUPLICATE_WAIT
+    while True:
+        request, created = insert()
+        if created or _await_hold(request, deadline):
+            return request, created
+
+
+def _await_hold(request: ServiceRequest, deadline: float) -> bool:
+    """True once the request's hold is in the ledger (at once, for all but a racing POST),
+    False once its document is gone (discarded)."""
+    delay = defaults.DUPLICATE_POLL_FIRST
+    while not account_hold_exists(request_id=request.id):
+        if not request_exists(request_id=request.id):
+            return False
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise ApplicationError(
+                "unavailable",
+                "an identical request is still being submitted; retry shortly",
+                status=503,
+            )
+        time.sleep(min(delay, left))
+        delay = min(delay * 2, defaults.DUPLICATE_POLL_MAX)
+    return True

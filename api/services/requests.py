@@ -10,6 +10,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
+from django.conf import settings
 from mongoengine.errors import NotUniqueError
 from mongoengine.queryset.visitor import Q
 
@@ -26,6 +27,7 @@ from api.documents import (
 )
 from api.errors import ApplicationError
 from api.models import ServiceOffer
+from infra.strict_json import strict_json_problem
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +61,13 @@ def validate_inputs(*, offer: ServiceOffer, inputs: dict) -> None:
 
 
 def check_inputs(*, expected: list[str], inputs: dict, what: str) -> None:
-    """400 unless `inputs` has exactly the `expected` names, each a scalar."""
+    """400 unless `inputs` has exactly the `expected` names, each a scalar that fits."""
+    if len(inputs) > settings.SVC_MAX_INPUTS:
+        raise ApplicationError(
+            "invalid_inputs",
+            f"{len(inputs)} inputs; at most {settings.SVC_MAX_INPUTS} are taken",
+            limit=settings.SVC_MAX_INPUTS,
+        )
     missing = [name for name in expected if name not in inputs]
     if missing:
         raise ApplicationError(
@@ -79,6 +87,22 @@ def check_inputs(*, expected: list[str], inputs: dict, what: str) -> None:
             f"inputs must be strings, numbers or booleans: {', '.join(bad)}",
             fields=bad,
         )
+    unfit = sorted(name for name, value in inputs.items() if not _fits(value))
+    if unfit:
+        raise ApplicationError(
+            "invalid_inputs",
+            "inputs must be finite numbers, or valid Unicode strings without NUL of at most "
+            f"{settings.SVC_MAX_INPUT_CHARS} characters: {', '.join(unfit)}",
+            fields=unfit,
+        )
+
+
+def _fits(value) -> bool:
+    """A scalar input MongoDB, the renderer and every handler take as it is (the HTTP body
+    was checked already; this holds for every caller of the service)."""
+    if isinstance(value, str) and (len(value) > settings.SVC_MAX_INPUT_CHARS or "\x00" in value):
+        return False
+    return strict_json_problem(value, max_depth=0) is None
 
 
 def is_live(request: ServiceRequest, at: datetime) -> bool:
@@ -302,7 +326,18 @@ def request_succeed(
     """Record the results, unless the client canceled meanwhile (then it ends canceled).
 
     `handler_used`: the handler that produced them; `tries`: upstream tries not yet counted.
+    Results that are not strict JSON (an upstream's `NaN`, a lone surrogate) could be stored
+    but never read back: the request fails `invalid_result` instead, and is not charged.
     """
+    problem = strict_json_problem(results, max_depth=defaults.MAX_RESULT_DEPTH)
+    if problem is not None:
+        logger.warning("result is not strict JSON id=%s: %s", request_id, problem)
+        return request_fail(
+            request_id=request_id,
+            code="invalid_result",
+            message=f"the handler's result is not valid JSON ({problem})",
+            current=current,
+        )
     extra = {"inc__tries": tries} if tries else {}
     done = transition(
         request_id,
@@ -373,6 +408,10 @@ def request_cancel(
         if current is None or current.status in TERMINAL:
             return current, "terminal"
     return current, "terminal"
+
+
+def request_exists(*, request_id: str) -> bool:
+    return ServiceRequest.objects(id=request_id).only("id").first() is not None
 
 
 def request_discard(*, request_id: str) -> None:

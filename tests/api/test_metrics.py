@@ -1,15 +1,19 @@
 """`GET /metrics`: one scrape of the API shows its workers', the executor's and recon's series
 (multiprocess mode), plus resource and credit figures; labels stay bounded."""
 
+import ipaddress
 import os
 import subprocess
 
 import httpx
+import pytest
+from django.core.exceptions import ImproperlyConfigured
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
 from infra import metrics as prometheus
-from tests.helpers import run_worker, submit
+from infra.envs import envnetworks
+from tests.helpers import metrics_headers, run_worker, submit
 
 Samples = dict[tuple[str, frozenset], float]
 
@@ -23,7 +27,7 @@ def parse(text: str) -> Samples:
 
 
 def scrape(url: str) -> Samples:
-    response = httpx.get(f"{url}/metrics", timeout=10)
+    response = httpx.get(f"{url}/metrics", headers=metrics_headers(), timeout=10)
     assert response.status_code == 200
     assert response.headers["content-type"].startswith("text/plain")
     return parse(response.text)
@@ -43,7 +47,7 @@ def test_without_a_multiprocess_dir_metrics_shows_this_process(alice_api, greet_
     succeeded = REGISTRY.get_sample_value("svc_requests_total", labels) or 0
     submit(alice_api, "/svc/text/greet/", {"name": "Ada", "place": "P"})
     run_worker()
-    samples = parse(client.get("/metrics").content.decode())
+    samples = parse(client.get("/metrics", headers=metrics_headers()).content.decode())
     assert value(samples, "svc_requests_total", **labels) == succeeded + 1
     assert value(samples, "svc_credits_held") == 0
     assert value(samples, "svc_credits_balance") == 1000 - 3
@@ -77,3 +81,48 @@ def test_requests_ended_outside_the_executor_are_counted(alice_api, greet_offer)
     assert alice_api.post(f"/svc/request/{created['id']}/cancel/").status_code == 200
     assert alice_api.post(f"/svc/request/{created['id']}/cancel/").status_code == 409  # ended
     assert REGISTRY.get_sample_value("svc_requests_total", canceled) == before + 1
+
+
+# --- who may read them ------------------------------------------------------------------------
+
+
+def test_metrics_want_the_token(client, db):
+    assert client.get("/metrics", headers=metrics_headers()).status_code == 200
+    for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": "Token x"}):
+        response = client.get("/metrics", headers=headers)
+        assert response.status_code == 403
+        assert response.json()["error"]["code"] == "forbidden"
+    token = metrics_headers()["Authorization"].split()[1]
+    # Not the token with something added, nor non-ASCII (compared as bytes, never a 500).
+    for sent in (f"{token}x", f"{token[:-1]}é"):
+        assert (
+            client.get("/metrics", headers={"Authorization": f"Bearer {sent}"}).status_code == 403
+        )
+
+
+def test_a_trusted_network_reads_metrics_without_a_token(client, db, settings):
+    settings.SVC_METRICS_TRUSTED_NETWORKS = [ipaddress.ip_network("10.0.0.0/8")]
+    assert client.get("/metrics", REMOTE_ADDR="10.1.2.3").status_code == 200
+    assert client.get("/metrics", REMOTE_ADDR="192.168.1.2").status_code == 403
+    assert client.get("/metrics", REMOTE_ADDR="not-an-address").status_code == 403
+
+
+def test_without_a_token_or_networks_nobody_reads_metrics(client, db, settings):
+    settings.SVC_METRICS_TOKEN = ""
+    settings.SVC_METRICS_TRUSTED_NETWORKS = []
+    for headers in ({}, {"Authorization": "Bearer "}, {"Authorization": "Bearer"}):
+        response = client.get("/metrics", headers=headers)
+        assert response.status_code == 403
+        assert response.json()["error"]["code"] == "forbidden"
+
+
+def test_trusted_networks_are_cidrs(monkeypatch):
+    monkeypatch.setenv("SVC_METRICS_TRUSTED_NETWORKS", "10.0.0.0/8, fd00::/8,127.0.0.1")
+    assert [str(n) for n in envnetworks("SVC_METRICS_TRUSTED_NETWORKS")] == [
+        "10.0.0.0/8",
+        "fd00::/8",
+        "127.0.0.1/32",
+    ]
+    monkeypatch.setenv("SVC_METRICS_TRUSTED_NETWORKS", "10.0.0.0/8,office")
+    with pytest.raises(ImproperlyConfigured, match="'office' is not a network"):
+        envnetworks("SVC_METRICS_TRUSTED_NETWORKS")

@@ -620,3 +620,29 @@ def test_the_examples_upload_and_carry_the_shipped_resource_map(fernet_key, monk
     )
     assert materialized("service_map")["handlers"]["openai.chat"]["api_key"] == "sk-example"
     assert materialized("api") == {"intake_rate": "600/min", "max_body_bytes": 1048576}
+
+
+def test_show_and_diff_mask_a_password_written_in_a_uri(fernet_key, tmp_path):
+    """A store URI with its password as a plain value (it belonged in a `~` key) is masked
+    like the secrets; --reveal shows it."""
+    upload(tmp_path, "exporter", "target: mongodb://svc:hunter2-pw@db:27017/svc\n")
+    upload(tmp_path, "exporter", "target: redis://:hunter3-pw@cache:6379/0\n")
+    shown, _ = config("show", "exporter", "--version", "1")
+    assert "target: mongodb://svc:[redacted]@db:27017/svc" in shown
+    diff, _ = config("diff", "exporter", "1", "2")
+    assert "+target: redis://:[redacted]@cache:6379/0" in diff
+    assert "hunter2-pw" not in shown + diff and "hunter3-pw" not in diff
+    revealed, _ = config("show", "exporter", "--reveal")
+    assert "redis://:hunter3-pw@cache:6379/0" in revealed
+
+
+def test_a_silent_mongodb_is_named_without_its_password(fernet_key, monkeypatch):
+    # The shipped bootstrap's mongo.uri is !ENV${MONGO_URI}: the configs' MongoDB is this one.
+    monkeypatch.setenv("MONGO_URI", "mongodb://svc:hunter4-pw@127.0.0.1:1/svc")
+    with pytest.raises(CommandError) as raised:
+        config("list")
+    message = str(raised.value)
+    assert message.startswith("MongoDB at mongodb://svc:[redacted]@127.0.0.1:1/svc did not"), (
+        message
+    )
+    assert "hunter4-pw" not in message

@@ -13,7 +13,7 @@ from api.documents import ServiceRequest
 from executor import defaults
 from executor.handlers import HandlerCall, handler
 from executor.resources import queue_name
-from infra.stores import redis_connection
+from infra.stores import RQ_SERIALIZER, redis_connection
 from tests.helpers import run_concurrent_worker, submit
 
 # Jobs run in executor threads or processes with their own SQL connections: the test's data
@@ -194,7 +194,7 @@ def test_a_burst_executor_runs_the_retries_its_saturated_requests_scheduled(
 
     assert statuses() == {"succeeded": 2}
     retries = [
-        Job.fetch(r.id, connection=redis_connection()).number_of_retries
+        Job.fetch(r.id, connection=redis_connection(), serializer=RQ_SERIALIZER).number_of_retries
         for r in ServiceRequest.objects
     ]
     assert sorted(n or 0 for n in retries) == [0, 1]  # the second one waited for a retry

@@ -51,6 +51,10 @@ except RuntimeError:
             id="fernet-token",
         ),
         ("connect postgres://svc:hunter2pass@db:5432/svc failed", "hunter2pass"),
+        ("Error connecting to redis://svc:r3dis-pass@cache:6379/0", "r3dis-pass"),
+        ("Error connecting to redis://:only-a-pass@cache:6379/0", "only-a-pass"),
+        ("mongodb://svc:m0ngo%40pass@db1:27017,db2:27017/svc?authSource=admin", "m0ngo%40pass"),
+        ("server at mongodb+srv://svc:srv-pass-1@cluster.example/svc", "srv-pass-1"),
         ("posting https://discord.com/api/webhooks/123/AbCdEf-secret_tok", "AbCdEf-secret_tok"),
         ('payload {"api_key": "abcd1234efgh"} sent', "abcd1234efgh"),
         ("retry with password=correcthorse&x=1", "correcthorse"),
@@ -124,10 +128,16 @@ def test_the_environment_s_secrets_are_registered():
             "DJANGO_SECRET_KEY": "django-" + "x1y2z3" * 4,
             "CONFIG_FERNET_KEY": f"{key},",
             "DATABASE_URL": "postgres://svc:dbpass-1234@db/svc",
+            "MONGO_URI": "mongodb://svc:mongo%40pass-9@db/svc?authSource=admin",
+            "REDIS_URL": "redis://:redis-pass-77@cache:6379/0",
+            "SVC_METRICS_TOKEN": "metrics-token-5150",
         }
     )
     text = logs.redact(f"{'django-' + 'x1y2z3' * 4} {key[:-1]} dbpass-1234")
     assert "x1y2z3" not in text and "dbpass-1234" not in text
+    # A store password alone (as a driver might print it: decoded) and the metrics token.
+    text = logs.redact("auth mongo@pass-9 / mongo%40pass-9 / redis-pass-77 / metrics-token-5150")
+    assert text == " / ".join([f"auth {logs.REDACTED}"] + [logs.REDACTED] * 3)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -15,10 +15,10 @@ from api.services.requests import now
 from executor import liveness, resources
 from executor.queues import get_queue
 from infra.embedded import free_port
-from infra.stores import redis_connection
+from infra.stores import RQ_SERIALIZER, redis_connection
 from recon import alerts, gauges
 from recon.management.commands.recon import _watch
-from tests.helpers import submit
+from tests.helpers import metrics_headers, submit
 from tests.stubs.server import Answer, StubServer
 
 GREET = "/svc/text/greet/"
@@ -58,7 +58,9 @@ def webhooks(settings, discord, generic):
 def register_executor(name: str, queue: str, *, beating: bool) -> None:
     """An RQ worker record for `queue`; `beating` also makes it a live executor."""
     connection = redis_connection()
-    Worker([get_queue(queue)], name=name, connection=connection).register_birth()
+    Worker(
+        [get_queue(queue)], name=name, connection=connection, serializer=RQ_SERIALIZER
+    ).register_birth()
     if beating:
         liveness.beat(connection, name)
 
@@ -148,7 +150,7 @@ def test_export_sets_the_gauges(alice_api, greet_offer):
 
 def test_healthz_detail_shows_the_snapshot(anon_api, alice_api, greet_offer):
     submit(alice_api, GREET, INPUTS)
-    response = anon_api.get("/healthz?detail=1")
+    response = anon_api.get("/healthz?detail=1", headers=metrics_headers())
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok" and body["checks"] == {"sql": "ok", "mongo": "ok", "redis": "ok"}
@@ -159,12 +161,21 @@ def test_healthz_detail_shows_the_snapshot(anon_api, alice_api, greet_offer):
     assert "detail" not in anon_api.get("/healthz").json()  # plain probes stay cheap
 
 
+def test_healthz_detail_is_for_metrics_readers_only(anon_api, db):
+    """Without the metrics token the answer is the plain health: still 200 for a load balancer
+    configured with ?detail=1, but nothing about queues or executors."""
+    for headers in ({}, {"Authorization": "Bearer wrong"}):
+        response = anon_api.get("/healthz?detail=1", headers=headers)
+        assert response.status_code == 200
+        assert set(response.json()) == {"status", "checks"}
+
+
 def test_a_failing_healthz_detail_keeps_the_200(anon_api, db, monkeypatch):
     def broken():
         raise RuntimeError("boom")
 
     monkeypatch.setattr(health, "snapshot", broken)
-    response = anon_api.get("/healthz?detail=1")
+    response = anon_api.get("/healthz?detail=1", headers=metrics_headers())
     assert response.status_code == 200
     assert response.json()["detail"] == {"error": "RuntimeError"}
 

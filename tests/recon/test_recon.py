@@ -14,7 +14,7 @@ from api.services.requests import now, request_start
 from executor import defaults as executor_defaults
 from executor import liveness
 from executor.queues import get_queue
-from infra.stores import redis_connection
+from infra.stores import RQ_SERIALIZER, redis_connection
 from recon import defaults, sweeps
 from tests.api.test_deals import make_deal
 from tests.helpers import queued_job_ids, run_worker, submit
@@ -231,7 +231,7 @@ def test_results_past_their_expiration_are_purged_and_the_charge_stands(
 def schedule(request_id: str, due_seconds_from_now: float) -> None:
     """Turn the request's queued job into a scheduled retry, as a saturated resource does."""
     queue = get_queue("svc-local")
-    job = Job.fetch(request_id, connection=redis_connection())
+    job = Job.fetch(request_id, connection=redis_connection(), serializer=RQ_SERIALIZER)
     queue.remove(request_id)
     queue.schedule_job(job, datetime.now(UTC) + timedelta(seconds=due_seconds_from_now))
 

@@ -18,6 +18,7 @@ from tests.live import wait_until
 ROOT = Path(__file__).resolve().parents[2]
 # What the test session sets for itself and a user's `make run` would not have.
 SESSION_ONLY = ("MONGO_URI", "REDIS_URL", "SVC_TEST_DB_IS_MAIN", "PROMETHEUS_MULTIPROC_DIR")
+SESSION_ONLY += ("SVC_ENVIRONMENT", "SVC_METRICS_TOKEN")
 
 
 class Devstack:
@@ -158,3 +159,31 @@ def test_a_killed_executor_is_restarted_and_the_api_keeps_serving(first_stack):
     )
     assert len(restarted) == 1
     assert first_stack.child_pids("gunicorn") == [api] and first_stack.healthy()
+
+
+def test_the_data_dir_and_all_in_it_are_the_user_s_only(first_stack):
+    """umask 077 for the stack and its children: the SQLite file, the servers' data, the
+    secrets and dev.env are 0600 (directories 0700), whoever created them."""
+    data_dir = first_stack.data_dir
+    assert data_dir.stat().st_mode & 0o777 == 0o700
+    assert (data_dir / "db.sqlite3").stat().st_mode & 0o777 == 0o600
+    # collectstatic sets 0644 (FILE_UPLOAD_PERMISSIONS) on what it copies: public assets,
+    # which whitenoise serves to anyone anyway, behind the directory's 0700.
+    public = data_dir / "static"
+    exposed = [
+        f"{path.relative_to(data_dir)} {path.stat().st_mode & 0o777:o}"
+        for path in data_dir.rglob("*")
+        if not path.is_symlink() and path.stat().st_mode & 0o077 and public not in path.parents
+    ]
+    assert exposed == []
+
+
+def test_metrics_want_the_token_make_run_printed(first_stack):
+    env = first_stack.dev_env()
+    token = env["SVC_METRICS_TOKEN"]
+    assert env["SVC_ENVIRONMENT"] == "development"  # so manage.py in another shell runs too
+    url = f"http://127.0.0.1:{first_stack.port}/metrics"
+    assert first_stack.said(f"Metrics   {url}   header: Authorization: Bearer {token}")
+    assert httpx.get(url, timeout=10).status_code == 403
+    headers = {"Authorization": f"Bearer {token}"}
+    assert httpx.get(url, headers=headers, timeout=10).status_code == 200

@@ -7,9 +7,10 @@ from pathlib import Path
 from django.core.management.base import BaseCommand, CommandError
 from pymongo.errors import PyMongoError, ServerSelectionTimeoutError
 
-from configs import keys, protocol, store
+from configs import bootstrap, keys, protocol, store
 from configs.protocol import ConfigError
 from configs.refs import Ref, parse_ref
+from infra import logs, stores
 
 
 def version_ref(text: str) -> Ref:
@@ -68,11 +69,12 @@ class Command(BaseCommand):
             raise CommandError(str(exc)) from None
         except ServerSelectionTimeoutError:
             raise CommandError(
-                "MongoDB did not answer: check MONGO_URI and that the server is up "
-                "(`make run` starts one)"
+                f"MongoDB at {_configs_store()} did not answer: check MONGO_URI (or the "
+                "bootstrap's mongo.uri) and that the server is up (`make run` starts one)"
             ) from None
-        except PyMongoError as exc:
-            raise CommandError(f"MongoDB: {' '.join(str(exc).split())[:200]}") from None
+        except PyMongoError as exc:  # a driver's message may quote the URI: redacted
+            message = logs.redact(f"MongoDB: {' '.join(str(exc).split())[:200]}")
+            raise CommandError(message) from None
 
     def upload(self, *, file: str, name: str, version: Ref | None, comment: str, **_):
         text = _read(file)
@@ -129,14 +131,16 @@ class Command(BaseCommand):
             f"sha256 {found.sha256[:12]}, by {found.created_by} at "
             f"{found.created_at:%Y-%m-%d %H:%M:%S} UTC"
         )
-        self.stdout.write(protocol.dump_yaml(content), ending="")
+        text = protocol.dump_yaml(content)
+        # Masked also: a password in a URI written as a plain value (it belonged in a `~` key).
+        self.stdout.write(text if reveal else stores.redact_uri_passwords(text), ending="")
 
     def diff(self, *, name: str, v1: Ref, v2: Ref, **_):
         lines = store.diff(name, v1, v2)
         if not lines:
             self.stderr.write(f"{name}: versions {v1} and {v2} have the same content")
         for line in lines:
-            self.stdout.write(line)
+            self.stdout.write(stores.redact_uri_passwords(line))
 
     def rollback(self, *, name: str, to: Ref | None, **_):
         before = store.get(name)
@@ -158,6 +162,14 @@ def _read(path: str) -> str:
         raise CommandError(f"cannot read {path}: {exc.strerror or exc}") from None
     except UnicodeDecodeError:
         raise CommandError(f"cannot read {path}: not UTF-8 text") from None
+
+
+def _configs_store() -> str:
+    """Where the configs are, password replaced, for messages."""
+    try:
+        return bootstrap.load_bootstrap().mongo.shown()
+    except ConfigError:
+        return bootstrap.MongoTarget().shown()
 
 
 def _by() -> str:

@@ -8,7 +8,7 @@ from django.core.management.base import BaseCommand, CommandError
 from executor.queues import all_queue_names, get_queue
 from executor.resources import ResourceMapError
 from executor.worker import ConcurrentWorker
-from infra.stores import redis_connection
+from infra.stores import RQ_SERIALIZER, redis_connection
 
 
 class Command(BaseCommand):
@@ -48,6 +48,7 @@ class Command(BaseCommand):
         worker = ConcurrentWorker(
             [get_queue(q) for q in queue_names],
             connection=redis_connection(),
+            serializer=RQ_SERIALIZER,
             name=name,
             concurrency=concurrency,
             shutdown_grace=shutdown_grace,
