@@ -5,7 +5,7 @@ username+address pair before hashing, but a flood that stays under its per-pair 
 usernames from one address, or many addresses) would still hash every attempt. So each POST
 to the admin's login page first passes two checks in Redis, shared by every API process:
 
-- a per-address rate (`SVC_ADMIN_LOGIN_RATE`, the intake throttle's sliding-window script);
+- a per-address rate (`SVC_ADMIN_LOGIN_RATE`, counted like the API's throttles);
 - a deployment-wide cap on password checks in flight (`SVC_ADMIN_LOGIN_CONCURRENCY`): a
   small semaphore whose slots expire, so a process killed mid-check cannot leak one.
 
@@ -34,17 +34,15 @@ from django.conf import settings
 from django.contrib import admin
 from django.http import HttpResponse
 from django.shortcuts import render
-from rest_framework.throttling import SimpleRateThrottle
 
-from api.http.sliding_window import SLIDING_WINDOW
+from api.http import throttling
 from infra.client_ip import client_ip
 from infra.stores import redis_connection
 
 log = logging.getLogger(__name__)
 
 TEMPLATE = "admin/login_refused.html"
-# Redis keys: the per-address counters (the script appends the window's index) and the slots.
-RATE_KEY = "svc:admin-login:rate:%s"
+# Redis key of the password-check slots (the per-address counters are the API throttles').
 SLOTS_KEY = "svc:admin-login:slots"
 # Milliseconds a password-check slot is held at most: a login takes well under a second, and a
 # process killed while holding one frees it by this expiry.
@@ -98,11 +96,7 @@ class LoginGuardMiddleware:
 
 def rate_wait(address: str) -> float | None:
     """Count one login attempt from `address`; None if it fits the rate, else seconds to wait."""
-    limit, duration = SimpleRateThrottle.parse_rate(None, settings.SVC_ADMIN_LOGIN_RATE)
-    allowed, wait_ms = _script(SLIDING_WINDOW)(
-        keys=[RATE_KEY % address], args=[limit, duration * 1000]
-    )
-    return None if allowed else wait_ms / 1000
+    return throttling.take(scope="admin-login", ident=address, rate=settings.SVC_ADMIN_LOGIN_RATE)
 
 
 def slot_acquire() -> str | None:
