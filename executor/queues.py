@@ -44,8 +44,31 @@ def all_queue_names() -> list[str]:
     return sorted(queue_name(r) for r in resources) + [settings.SVC_DEFAULT_QUEUE]
 
 
+# The first job of the first non-empty queue, in one command (RQ's non-blocking dequeue
+# sends an LPOP per queue, most of them to empty queues).
+_POP_FIRST = """
+for _, key in ipairs(KEYS) do
+  local job_id = redis.call('LPOP', key)
+  if job_id then return {key, job_id} end
+end
+return false
+"""
+
+
+class ExecutorQueue(Queue):
+    """RQ's Queue with a non-blocking dequeue across queues in one round trip; the blocking one
+    is RQ's own (a single BLPOP over every queue)."""
+
+    @classmethod
+    def lpop(cls, queue_keys, timeout, connection=None):
+        if timeout is not None or len(queue_keys) < 2:
+            return super().lpop(queue_keys, timeout, connection=connection)
+        found = connection.register_script(_POP_FIRST)(keys=list(queue_keys))
+        return tuple(found) if found else None
+
+
 def get_queue(name: str | None = None) -> Queue:
-    return Queue(
+    return ExecutorQueue(
         name or settings.SVC_DEFAULT_QUEUE, connection=redis_connection(), serializer=RQ_SERIALIZER
     )
 

@@ -19,6 +19,8 @@ and a retry — changes nothing.
 import logging
 from dataclasses import dataclass
 
+from django.db import transaction
+
 from api.documents import SUCCEEDED, TERMINAL, ServiceRequest
 from api.services import deals
 from api.services.accounts import account_capture, account_release, usage_record
@@ -44,16 +46,23 @@ def request_settle(*, request: ServiceRequest, usage: Usage | None = None) -> No
         ended = deals.deal_child_ended(request)  # may queue the next pipeline step
         if ended is not None and ended.status in TERMINAL:
             _settle_own(ended)
-    else:
+        if usage is not None:
+            _usage_record(request, usage)
+        return
+    with transaction.atomic():  # the charge and its usage record: one commit, not two
         _settle_own(request)
-    if usage is not None:
-        usage_record(
-            request=request,
-            calls=usage.calls,
-            credits=usage.credits,
-            handler=usage.handler,
-            resource=usage.resource,
-        )
+        if usage is not None:
+            _usage_record(request, usage)
+
+
+def _usage_record(request: ServiceRequest, usage: Usage) -> None:
+    usage_record(
+        request=request,
+        calls=usage.calls,
+        credits=usage.credits,
+        handler=usage.handler,
+        resource=usage.resource,
+    )
 
 
 def _settle_own(request: ServiceRequest) -> None:

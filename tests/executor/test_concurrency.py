@@ -139,9 +139,10 @@ def _spy_on_rq_bookkeeping(monkeypatch) -> tuple[list, list]:
 def test_the_worker_beats_and_records_its_state_per_period_not_per_job(
     alice_api, make_offer, monkeypatch
 ):
-    """RQ beats the worker's key before and after every dequeue and says idle, then busy, for
-    every job: built for one job at a time. The executor beats its key once per period and
-    writes its state when it changes; the beats in each job's own pipeline stay RQ's."""
+    """RQ beats the worker's key before and after every dequeue, again in each job's pipeline
+    (stretched to the job's timeout), and says idle, then busy, for every job: built for one
+    job at a time. The executor beats its key once per period (its successes' counters in the
+    same pipeline) and writes its state when it changes."""
     make_offer(service="t", action="echo")
     jobs = 40
     for i in range(jobs):
@@ -150,9 +151,9 @@ def test_the_worker_beats_and_records_its_state_per_period_not_per_job(
     run_concurrent_worker(10)
 
     assert statuses() == {"succeeded": jobs}
-    direct = [timeout for is_direct, timeout in beats if is_direct and timeout is None]
-    assert 1 <= len(direct) <= 2, beats  # RQ alone: at least three per job
-    assert sum(1 for is_direct, _ in beats if not is_direct) >= jobs  # one per job's pipeline
+    periodic = [1 for _, timeout in beats if timeout is None]
+    assert 1 <= len(periodic) <= 3, beats  # birth, death, maybe a period; RQ: three per job
+    assert not [timeout for _, timeout in beats if timeout is not None], beats  # none per job
     direct_states = [state for state, piped in states if not piped]
     assert len(direct_states) <= 6, direct_states  # RQ alone: two per job
     assert all(a != b for a, b in zip(direct_states, direct_states[1:], strict=False)), (
@@ -172,8 +173,8 @@ def test_a_busy_worker_keeps_beating(alice_api, make_offer, monkeypatch):
     run_concurrent_worker(1)
 
     assert statuses() == {"succeeded": 2}
-    direct = [1 for is_direct, timeout in beats if is_direct and timeout is None]
-    assert 6 <= len(direct) <= 20, beats  # ~4 s busy at one beat per 0.3 s
+    periodic = [1 for _, timeout in beats if timeout is None]
+    assert 6 <= len(periodic) <= 20, beats  # ~4 s busy at one beat per 0.3 s
 
 
 def test_a_burst_executor_runs_the_retries_its_saturated_requests_scheduled(
@@ -199,3 +200,22 @@ def test_a_burst_executor_runs_the_retries_its_saturated_requests_scheduled(
     ]
     assert sorted(n or 0 for n in retries) == [0, 1]  # the second one waited for a retry
     assert ScheduledJobRegistry(queue_name("local"), connection=redis_connection()).count == 0
+
+
+def test_the_worker_counts_its_successes_for_dashboards(alice_api, make_offer):
+    """The successes' counters travel with the periodic beat, and the last ones at death."""
+    from executor.queues import all_queue_names, get_queue
+    from executor.worker import ConcurrentWorker
+
+    make_offer(service="t", action="echo")
+    for i in range(7):
+        submit(alice_api, "/svc/t/echo/", {"x": i})
+    worker = ConcurrentWorker(
+        [get_queue(q) for q in all_queue_names()], connection=redis_connection(), concurrency=3
+    )
+    worker.work(burst=True, with_scheduler=False)
+
+    assert statuses() == {"succeeded": 7}
+    record = redis_connection().hgetall(worker.key)
+    assert int(record[b"successful_job_count"]) == 7
+    assert float(record[b"total_working_time"]) > 0
