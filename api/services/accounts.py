@@ -75,6 +75,14 @@ def _key_take(key: ApiKey, amount: int) -> None:
     """Count one more request in flight and `amount` more spent in the key's current period,
     if both stay within its limits: one conditional UPDATE, exact under concurrency."""
     current = period_start(key.budget_period, timezone.now())
+    if key.budget is None and key.max_in_flight is None and key.period_start == current:
+        # Nothing to check and the same period as when the key was read (both rechecked in
+        # the WHERE): a plain increment, a millisecond of SQL compilation cheaper.
+        plain = ApiKey.objects.filter(
+            pk=key.pk, period_start=current, budget=None, max_in_flight=None
+        )
+        if plain.update(in_flight=F("in_flight") + 1, period_spent=F("period_spent") + amount):
+            return
     in_period = Q(period_start=current)
     fits = Q(budget=None) | (in_period & Q(period_spent__lte=F("budget") - amount))
     fits |= ~in_period & Q(budget__gte=amount)
