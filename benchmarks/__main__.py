@@ -1,10 +1,12 @@
 """`make bench` (python -m benchmarks): every scenario, a table, benchmarks/results.json.
 
-    python -m benchmarks [--only store executor dispatch intake] [--output FILE] [--strict]
+    python -m benchmarks [--only store executor inflight dispatch intake] [--output FILE]
+                         [--strict]
 
-Starts its own SecantusDB, redis-server, SQLite, gunicorn and executors on free loopback
-ports in a temporary directory, and stops and removes all of them at the end (also on
-Ctrl-C). Exits 1 when a scenario could not run; with --strict also when a target is missed.
+Starts its own SecantusDB, redis-server, SQLite, recon, gunicorn and executors on free
+loopback ports in a temporary directory (as `make run` deploys them: benchmarks/stack.py), and
+stops and removes all of them at the end (also on Ctrl-C). Exits 1 when a scenario could not
+run or recon died; with --strict also when a target is missed.
 """
 
 import argparse
@@ -19,11 +21,13 @@ from pathlib import Path
 import pymongo
 import redis
 
-from benchmarks import dispatch, executor_bench, intake, measure, report, store
+from benchmarks import dispatch, executor_bench, inflight, intake, measure, report, store
 from benchmarks.stack import ROOT, Stack, wait_until
 from infra import embedded
 
-SCENARIOS = ("store", "executor", "dispatch", "intake")
+# In this order: the executor scenarios read their references off the store's, and inflight
+# follows executor so the upstream's port is free again (each starts its own upstream on it).
+SCENARIOS = ("store", "executor", "inflight", "dispatch", "intake")
 # Extra gunicorn arguments, to measure a configuration change before making it, e.g.
 # BENCH_GUNICORN_ARGS="--worker-connections 8" (the command line wins over the config file).
 GUNICORN_ARGS_ENV = "BENCH_GUNICORN_ARGS"
@@ -54,13 +58,14 @@ def main(argv: list[str] | None = None) -> int:
                 wait_until(lambda: _healthy(api_port), timeout=60, what="gunicorn")
             return api
 
-        def executor_scenario():
+        def through_api(scenario):
             api_process()  # the requests are submitted through the API
-            return executor_bench.run(stack, api_port, upstream_port)
+            return scenario.run(stack, api_port, upstream_port)
 
         scenarios = {
             "store": lambda: store.run(stack),
-            "executor": executor_scenario,
+            "executor": lambda: through_api(executor_bench),
+            "inflight": lambda: through_api(inflight),
             "dispatch": lambda: dispatch.run(stack),
             "intake": lambda: intake.run(
                 stack, api_process(), api_port, measure.StoreCounter(mongo, redis_client)
@@ -75,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
             except Exception as exc:  # one broken scenario must not hide the others' figures
                 traceback.print_exc()
                 failures[name] = f"{type(exc).__name__}: {exc}"[:2000]
+        if why := stack.recon_exited():
+            failures["recon"] = why[:2000]
         mongo.close()
         redis_client.close()
     all_rows = report.rows(results)

@@ -139,13 +139,16 @@ class StoreCounter:
         self._before = self._snapshot()
         return self
 
-    def stop(self) -> StoreCounts:
+    def stop(self, own_redis_commands: int = 0) -> StoreCounts:
+        """The counts since `start()`, less the bench's own: its snapshots, and the
+        `own_redis_commands` it sent meanwhile (polls for progress)."""
         ops, calls = self._snapshot()
         before_ops, before_calls = self._before
         mongo = {op: ops[op] - before_ops.get(op, 0) for op in ops}
         # serverStatus and INFO are themselves counted once each; they are not the app's.
         mongo["command"] = max(0, mongo.get("command", 0) - 1)
-        return StoreCounts(mongo=mongo, redis_calls=calls - before_calls - 1)
+        redis_calls = calls - before_calls - 1 - own_redis_commands
+        return StoreCounts(mongo=mongo, redis_calls=redis_calls)
 
 
 def percentile(sorted_values: list[float], fraction: float) -> float:

@@ -1,5 +1,12 @@
 """The stack a benchmark runs against: embedded servers, a migrated SQLite, a catalog, a client.
 
+It runs as `make run` (marketplace/devstack.py) deploys: the app's settings (benchmarks/
+settings.py only adds a bare view's URL), JSON logs at INFO, multiprocess metrics in an
+emptied PROMETHEUS_MULTIPROC_DIR, a metrics token, and `manage.py recon` sweeping for the
+whole run, so every figure includes what those cost. The one departure is RESOURCE_MAP: the
+executor scenarios measure the executor at its own concurrency, which the shipped map's cap
+on the `http` resource (64 calls at once) would hide.
+
 Everything lives in one temporary directory and every child runs in its own session, so
 `Stack.close()` (also on Ctrl-C or SIGTERM) stops each one by its process group and removes
 the directory. Nothing here imports Django: children get the settings through `env`.
@@ -42,10 +49,12 @@ offers:
   - {{service: {echo[0]}, action: {echo[1]}, price: 1, prompt_template: "{{n}}",
       handler: local.echo}}
   - {{service: {up[0]}, action: {up[1]}, price: 1, prompt_template: "{{n}}",
-      handler: http.post, params: {{url: "{url}", timeout: 30}}}}
+      handler: http.post, params: {{url: "{url}", timeout: {timeout}}}}}
 """
-# The resources the bench's handlers count against, without limits: the executor scenario
-# measures the executor at its concurrency, not the shipped map's cap on the `http` resource.
+# Seconds an upstream call may take: above the inflight scenario's 30 s answers, with room for
+# calls that wait for a connection behind a pool limit to end late rather than be retried.
+UPSTREAM_TIMEOUT = 120
+# The resources the bench's handlers count against, without limits (the module doc says why).
 RESOURCE_MAP = """\
 resources:
   http: {max_concurrency: null}
@@ -66,6 +75,7 @@ class Stack:
         self.children: list[subprocess.Popen] = []
         self.env: dict[str, str] = {}
         self.token = ""
+        self.recon: subprocess.Popen | None = None
 
     def __enter__(self) -> "Stack":
         signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -89,6 +99,9 @@ class Stack:
         (self.data_dir / "static").mkdir(parents=True)
         resource_map = self.tmp / "resource_map.yaml"
         resource_map.write_text(RESOURCE_MAP)
+        # Empty before any process starts, as devstack.py leaves it.
+        prometheus_dir = self.tmp / "prometheus"
+        prometheus_dir.mkdir()
         self.env = dict(
             os.environ,
             DJANGO_SETTINGS_MODULE="benchmarks.settings",
@@ -100,6 +113,12 @@ class Stack:
             SVC_ENVIRONMENT="development",
             SVC_INTAKE_RATE=INTAKE_RATE,
             SVC_RESOURCE_MAP=str(resource_map),
+            # What devstack.py sets, stated here so the caller's environment cannot change it.
+            LOG_FORMAT="json",
+            LOG_LEVEL="INFO",
+            PYTHONUNBUFFERED="1",
+            PROMETHEUS_MULTIPROC_DIR=str(prometheus_dir),
+            SVC_METRICS_TOKEN=secrets.token_urlsafe(32),
             PYTHONPATH=str(ROOT),
         )
         self.manage("migrate", "--noinput")
@@ -109,10 +128,19 @@ class Stack:
         self.manage("shell", "-c", ENSURE_INDEXES)
         catalog = self.tmp / "catalog.yaml"
         url = f"http://127.0.0.1:{self.upstream_port}/v1/answer"
-        catalog.write_text(CATALOG.format(echo=ECHO_OFFER, up=UPSTREAM_OFFER, url=url))
+        catalog.write_text(
+            CATALOG.format(echo=ECHO_OFFER, up=UPSTREAM_OFFER, url=url, timeout=UPSTREAM_TIMEOUT)
+        )
         self.manage("catalog", "import", str(catalog))
         created = self.manage("create_client", CLIENT, "--credits", str(CLIENT_CREDITS))
         self.token = created.strip().splitlines()[-1]
+        self.recon = self.python("recon", "manage.py", "recon")
+
+    def recon_exited(self) -> str:
+        """Why recon is no longer running ("" while it runs): every figure assumes it did."""
+        if self.recon is None or self.recon.poll() is None:
+            return ""
+        return f"recon exited {self.recon.returncode}:\n{self.log_tail('recon')}"
 
     @property
     def mongo(self) -> embedded.Server:

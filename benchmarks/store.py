@@ -8,7 +8,9 @@ resource accounting goes through executor/resources.py itself (plain redis-py, n
 What the Python around the operations costs (Django, DRF, mongoengine, RQ's bookkeeping) is
 left out, so the rate a replay reaches is what the stores allow at that concurrency: the
 ceiling of the intake and of the executor. The Mongo-only replays show how much of that the
-embedded MongoDB server sets.
+embedded MongoDB server sets. The replay runs in this process (threads), so this process's
+own CPU per request (its children, the servers, not counted) is the least a client of the
+stores spends on those operations from Python: the reference for the executor's and the API's.
 
 The replay writes to its own Mongo database, Redis db and copy of the SQLite file, so it never
 disturbs the app's data. Its collections hold as many documents as the app's does in the
@@ -87,7 +89,6 @@ LEDGER_SQL = (
 # SQL of an execution's settlement: settlement.request_settle → account_capture, usage_record.
 HOLD_LOOKUP_SQL = "SELECT * FROM api_ledgerentry WHERE (kind = 'hold' AND request_id = ?)"
 CAPTURE_SQL = "UPDATE api_account SET held = (held - 1) WHERE user_id = ?"
-USAGE_LOOKUP_SQL = "SELECT * FROM api_usagerecord WHERE request_id = ? LIMIT 21"
 USAGE_SQL = (
     "INSERT INTO api_usagerecord (request_id, user_id, service, action, handler, resource, "
     "status, calls, credits, price, created_at) "
@@ -260,29 +261,16 @@ class Replay:
 
     # --- execution: ConcurrentWorker's loop and job thread, jobs.run_request -------------
 
-    def _heartbeat(self) -> None:
-        self.redis.hset(self.worker, "last_heartbeat", _stamp())
-        self.redis.expire(self.worker, 480)
-
     def rq_dequeue(self, i: int) -> None:
-        """The worker's main loop for one job: dequeue, job fetch, state and heartbeats."""
+        """The worker's main loop for one job at saturation: dequeue and job fetch (its state
+        and heartbeats are written once per period, not per job)."""
         _, rid = self.redis.blpop([f"rq:queue:{q}" for q in EXECUTOR_QUEUES], timeout=2)
         self.redis.hgetall(f"rq:job:{rid.decode()}")
-        self._heartbeat()
-        self.redis.hset(self.worker, "state", "busy")
-        self._heartbeat()
-        with self.redis.pipeline() as pipe:
-            pipe.hset(self.worker, "last_heartbeat", _stamp())
-            pipe.expire(self.worker, 480)
-            pipe.exists("rq:suspended")
-            pipe.execute()
-        self.redis.hset(self.worker, "state", "idle")
-        self._heartbeat()
 
     def rq_start(self, i: int) -> None:
-        """prepare_execution, prepare_job_execution, and the job's PERSIST."""
+        """ConcurrentWorker.prepare_execution (one pipeline), then RQ's PERSIST of the job."""
         rid, execution = self.rid(i), f"{i:032x}"
-        with self.redis.pipeline() as pipe:
+        with self.redis.pipeline(transaction=False) as pipe:
             pipe.hset(
                 f"rq:execution:{rid}:{execution}",
                 mapping={"id": execution, "created_at": time.time(), "last_heartbeat": time.time()},
@@ -291,13 +279,6 @@ class Replay:
             pipe.zadd(f"rq:executions:{rid}", {execution: time.time() + 1050})
             pipe.expire(f"rq:executions:{rid}", 1050)
             pipe.zadd("rq:wip:svc-local", {f"{rid}:{execution}": time.time() + 990})
-            pipe.hset(self.worker, "state", "busy")
-            pipe.execute()
-        with self.redis.pipeline() as pipe:
-            pipe.hset(self.worker, "current_job", rid)
-            pipe.hset(self.worker, "last_heartbeat", _stamp())
-            pipe.expire(self.worker, 990)
-            pipe.hset(f"rq:job:{rid}", "last_heartbeat", _stamp())
             pipe.hset(
                 f"rq:job:{rid}",
                 mapping={
@@ -348,34 +329,24 @@ class Replay:
         )
 
     def sql_settle(self, i: int) -> None:
-        """request_settle: account_capture (lookup + transaction), usage_record (one insert)."""
+        """request_settle: the hold's lookup, then account_capture and usage_record in one
+        transaction (the capture's own atomic block is a savepoint in it)."""
         conn, rid = self._sql(), self.rid(i)
         conn.execute(HOLD_LOOKUP_SQL, (rid,)).fetchall()
         conn.execute("BEGIN IMMEDIATE")
+        conn.execute("SAVEPOINT capture")
         conn.execute(LEDGER_SQL, (self.user_id, "capture", rid, rid, None, _stamp())).fetchall()
         conn.execute(CAPTURE_SQL, (self.user_id,))
         conn.execute(KEY_SETTLE_SQL, (self.key_id,))
-        conn.execute("COMMIT")
-        conn.execute(USAGE_LOOKUP_SQL, (rid,)).fetchall()
-        conn.execute("BEGIN IMMEDIATE")
+        conn.execute("RELEASE SAVEPOINT capture")
         conn.execute(USAGE_SQL, (rid, self.user_id, _stamp())).fetchall()
         conn.execute("COMMIT")
 
     def rq_finish(self, i: int) -> None:
-        """handle_execution_ended's heartbeat, then handle_job_success's watched transaction."""
+        """ConcurrentWorker.handle_job_success: one pipeline."""
         rid, execution = self.rid(i), f"{i:032x}"
-        self.redis.hset(f"rq:job:{rid}", "last_heartbeat", _stamp())
-        with self.redis.pipeline() as pipe:
-            pipe.watch(f"rq:job:{rid}:dependents")
-            pipe.smembers(f"rq:job:{rid}:dependents")
-            pipe.multi()
-            pipe.hincrby(self.worker, "successful_job_count", 1)
-            pipe.hincrbyfloat(self.worker, "total_working_time", 0.01)
-            pipe.hset(f"rq:job:{rid}", "status", "finished")
-            pipe.hset(
-                f"rq:job:{rid}",
-                mapping={"created_at": _stamp(), "data": JOB_DATA, "ended_at": _stamp()},
-            )
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hset(f"rq:job:{rid}", mapping={"status": "finished", "ended_at": _stamp()})
             pipe.xadd(
                 f"rq:results:{rid}",
                 {"type": 1, "worker_name": "replay", "return_value": JOB_RETURN_VALUE},
@@ -384,9 +355,6 @@ class Replay:
             pipe.expire(f"rq:results:{rid}", 300)
             pipe.zadd("rq:finished:svc-local", {rid: time.time() + 300})
             pipe.expire(f"rq:job:{rid}", 300)
-            pipe.expire(f"rq:job:{rid}:dependents", 300)
-            pipe.expire(f"rq:job::{rid}:dependencies", 300)
-            pipe.hdel(self.worker, "current_job")
             pipe.delete(f"rq:execution:{rid}:{execution}")
             pipe.zrem("rq:wip:svc-local", f"{rid}:{execution}")
             pipe.zrem(f"rq:executions:{rid}", execution)
@@ -427,6 +395,7 @@ class ReplayResult:
     concurrency: int
     seconds: float
     cores: dict[str, float]
+    client_cpu_seconds: float
     redis_commands_per_request: float
     latencies: list[float] = field(repr=False, default_factory=list)
 
@@ -444,6 +413,7 @@ class ReplayResult:
             "p50_ms": round(measure.percentile(ordered, 0.5) * 1000, 1),
             "p99_ms": round(measure.percentile(ordered, 0.99) * 1000, 1),
             "cores_busy": self.cores,
+            "client_cpu_ms_per_request": round(self.client_cpu_seconds / self.requests * 1000, 2),
             "redis_commands_per_request": self.redis_commands_per_request,
         }
 
@@ -490,6 +460,7 @@ def replay(
         concurrency=concurrency,
         seconds=seconds,
         cores=cpu.cores(seconds),
+        client_cpu_seconds=cpu.seconds["replay"],
         redis_commands_per_request=round(calls / requests, 1),
         latencies=latencies,
     )

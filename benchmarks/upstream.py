@@ -4,7 +4,9 @@
 
 asyncio streams, keep-alive, one coroutine per connection: it holds thousands of concurrent
 connections in one thread and spends its time sleeping, so it never limits a benchmark.
-Every answer is `{"ok": true, "n": <requests so far>}`. SIGTERM stops it.
+Every answer is `{"ok": true, "n": <requests so far>, "peak": <most requests held at once
+so far>}`: the requests' results then say how many calls the executor really had open
+together, whatever its own records say. SIGTERM stops it.
 """
 
 import argparse
@@ -22,6 +24,8 @@ class Upstream:
     def __init__(self, delay: float):
         self.delay = delay
         self.answered = 0
+        self.held = 0
+        self.peak = 0
 
     async def serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
@@ -40,9 +44,14 @@ class Upstream:
         length = int(headers.get("content-length", "0"))
         if length:
             await reader.readexactly(length)
-        await asyncio.sleep(self.delay)
+        self.held += 1
+        self.peak = max(self.peak, self.held)
+        try:
+            await asyncio.sleep(self.delay)
+        finally:
+            self.held -= 1
         self.answered += 1
-        body = json.dumps({"ok": True, "n": self.answered}).encode()
+        body = json.dumps({"ok": True, "n": self.answered, "peak": self.peak}).encode()
         keep_alive = headers.get("connection", "").lower() != "close"
         writer.write(
             b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
@@ -71,7 +80,7 @@ async def main(port: int, delay: float) -> None:
     print(f"upstream listening on 127.0.0.1:{port}, delay {delay}s", flush=True)
     async with server:
         await stop.wait()
-    print(f"upstream answered {upstream.answered} requests", flush=True)
+    print(f"upstream answered {upstream.answered}, at most {upstream.peak} at once", flush=True)
 
 
 if __name__ == "__main__":

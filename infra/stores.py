@@ -31,6 +31,8 @@ MONGO_SERVER_SELECTION_TIMEOUT_MS = 3000
 REDIS_SOCKET_TIMEOUT = 10
 REDIS_CONNECT_TIMEOUT = 3
 REDIS_HEALTH_CHECK_INTERVAL = 30
+# Connections of the process's pool: above any executor's jobs in flight at once.
+REDIS_MAX_CONNECTIONS = 2048
 # How RQ stores a job's call, result and meta: JSON (job arguments are ids, results statuses).
 # RQ's command line needs it too: `rq info --serializer rq.serializers.JSONSerializer`.
 RQ_SERIALIZER = JSONSerializer
@@ -44,12 +46,20 @@ _URI_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+(?=
 
 @lru_cache(maxsize=1)
 def redis_connection() -> redis.Redis:
-    return redis.Redis.from_url(
+    """The process's Redis client. Its pool waits for a free connection (up to the socket
+    timeout) rather than failing: redis-py's default pool raises past 100 connections, which
+    an executor with hundreds of jobs in flight would reach."""
+    pool = redis.BlockingConnectionPool.from_url(
         settings.REDIS_URL,
+        max_connections=REDIS_MAX_CONNECTIONS,
+        timeout=REDIS_SOCKET_TIMEOUT,
         socket_timeout=REDIS_SOCKET_TIMEOUT,
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
         health_check_interval=REDIS_HEALTH_CHECK_INTERVAL,
     )
+    client = redis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True
+    return client
 
 
 def mongo_connect() -> None:
