@@ -60,16 +60,20 @@ def main(argv: list[str] | None = None) -> int:
 
         def through_api(scenario):
             api_process()  # the requests are submitted through the API
+            stack.fresh_requests()
             return scenario.run(stack, api_port, upstream_port)
+
+        def intake_scenario():
+            api = api_process()
+            stack.fresh_requests()
+            return intake.run(stack, api, api_port, measure.StoreCounter(mongo, redis_client))
 
         scenarios = {
             "store": lambda: store.run(stack),
             "executor": lambda: through_api(executor_bench),
             "inflight": lambda: through_api(inflight),
             "dispatch": lambda: dispatch.run(stack),
-            "intake": lambda: intake.run(
-                stack, api_process(), api_port, measure.StoreCounter(mongo, redis_client)
-            ),
+            "intake": intake_scenario,
         }
         for name in SCENARIOS:
             if name not in args.only:
