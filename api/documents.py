@@ -75,6 +75,8 @@ class ServiceRequest(Document):
     finished_at = DateTimeField(null=True)
     expires_at = DateTimeField(null=True)
     events = ListField(DictField())
+    # {"url": …, "events": ["start", "completed"]}: where the client is told (webhooks/)
+    webhook = DictField(null=True, default=None)
     # Deals: the parent (kind "deal") lists its children's ids in order; it has no handler and
     # no job. A child is an offer request with `parent` set and no price of its own (the
     # parent holds the deal's price). A pipeline step waits (`awaits_previous`) until the item

@@ -107,6 +107,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "django.contrib.staticfiles",
     "rest_framework",
+    "drf_spectacular",
     "django_prometheus",
     "csp",
     "infra.apps.InfraConfig",
@@ -114,6 +115,7 @@ INSTALLED_APPS = [
     "executor",
     "recon",
     "configs",
+    "webhooks",
     # Operators: every change audited (api/admin/audit.py), admin logins throttled.
     "auditlog",
     "axes",
@@ -139,6 +141,9 @@ MIDDLEWARE = [
 
 ROOT_URLCONF = "marketplace.urls"
 WSGI_APPLICATION = "marketplace.wsgi.application"
+# The API is served under ASGI (marketplace/asgi.py): the sync views in a thread pool, the
+# long-lived answers (SSE, WebSocket, `Prefer: wait`) on the event loop.
+ASGI_APPLICATION = "marketplace.asgi.application"
 
 TEMPLATES = [
     {
@@ -264,6 +269,22 @@ SVC_CONFIG_REFRESH_SECONDS = envfloat("SVC_CONFIG_REFRESH_SECONDS", 5.0)
 OPENAI_BASE_URL = envoptional("OPENAI_BASE_URL")
 UPSTREAM_API_KEYS = envmatching("_API_KEY")
 
+# Webhooks (webhooks/, docs/api.md "Webhooks"): a webhook URL must be https and resolve to
+# public addresses only; SVC_WEBHOOK_ALLOW_PRIVATE=1 (development and tests) also takes http
+# and private, loopback and link-local addresses. Each attempt waits SVC_WEBHOOK_TIMEOUT
+# seconds at most; failed ones are retried after the delays of SVC_WEBHOOK_RETRY_SCHEDULE
+# (seconds, comma-separated; default Svix's 5 s, 5 min, 30 min, 2 h, 5 h, 10 h, with jitter).
+SVC_WEBHOOK_ALLOW_PRIVATE = envbool("SVC_WEBHOOK_ALLOW_PRIVATE", False)
+SVC_WEBHOOK_TIMEOUT = envfloat("SVC_WEBHOOK_TIMEOUT", 15.0)
+SVC_WEBHOOK_RETRY_SCHEDULE = [
+    float(delay)
+    for delay in envlist("SVC_WEBHOOK_RETRY_SCHEDULE") or [5, 300, 1800, 7200, 18000, 36000]
+]
+# Seconds an `Idempotency-Key` and its answer are kept (Stripe: 24 h).
+SVC_IDEMPOTENCY_TTL = envint("SVC_IDEMPOTENCY_TTL", 86400)
+# `Prefer: wait=N`: the longest wait a client may ask for, in seconds.
+SVC_MAX_WAIT_SECONDS = envint("SVC_MAX_WAIT_SECONDS", 60)
+
 # Recon's health (api/health.py): the error rate counts requests that ended within this many
 # minutes. Alerts (recon/alerts.py): a queued request older than SVC_ALERT_STUCK_SECONDS, or an
 # error rate above SVC_ALERT_ERROR_RATE (a fraction, over at least 10 ended requests), fires;
@@ -316,6 +337,7 @@ REST_FRAMEWORK = {
     "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
     "EXCEPTION_HANDLER": "api.http.errors.exception_handler",
     "UNAUTHENTICATED_USER": None,
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 
 # Logs (infra/logs.py): JSON lines (LOG_FORMAT=json, the default) or plain text on the

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("marketplace", "api", "executor", "recon", "configs", "infra")
+PACKAGES = ("marketplace", "api", "executor", "recon", "configs", "infra", "webhooks")
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
 
 
