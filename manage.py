@@ -3,7 +3,7 @@ import os
 import sys
 
 # The process's role in its log records (infra/logs.py).
-ROLES = {"runexecutor": "executor", "recon": "recon", "runserver": "api"}
+ROLES = {"runexecutor": "executor", "recon": "recon", "runserver": "api", "runwebhooks": "webhooks"}
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from django.db import connection
 from django.db.migrations.loader import MigrationLoader
 
 roles_migration = import_module("api.migrations.0006_operator_roles")
+webhooks_roles = import_module("webhooks.migrations.0002_support_role")
 
 
 def ensure_roles() -> None:
@@ -21,7 +22,9 @@ def ensure_roles() -> None:
     ):
         return
     state_apps = MigrationLoader(connection).project_state().apps
-    roles_migration.roles_create(state_apps, SimpleNamespace(connection=connection))
+    editor = SimpleNamespace(connection=connection)
+    roles_migration.roles_create(state_apps, editor)
+    webhooks_roles.support_views(state_apps, editor)  # what support may see of webhooks
 
 
 @pytest.fixture
