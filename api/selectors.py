@@ -6,6 +6,7 @@ costs what the stuck work costs, not what the history costs.
 
 from datetime import UTC, datetime
 
+import redis
 from django.db.models import Count, Q, Sum
 from django.db.models.functions import TruncHour
 
@@ -20,6 +21,9 @@ from api.documents import (
 )
 from api.keys import ApiKey
 from api.models import Account, LedgerEntry, ServiceDeal, ServiceOffer, UsageRecord
+from api.services.requests import request_children
+from api.shapes import request_repr
+from executor.queues import queue_position
 
 
 def offer_get_active(*, service: str, action: str) -> ServiceOffer | None:
@@ -49,6 +53,18 @@ def request_get_for_user(*, request_id: str, user_id: int) -> ServiceRequest | N
     if not request_id or len(request_id) > 64:
         return None
     return ServiceRequest.objects(id=request_id, user_id=user_id).first()
+
+
+def request_representation(request: ServiceRequest) -> dict:
+    """What `GET /svc/request/<id>/` answers for the request (and every live answer sends):
+    a deal with its items, a queued request with its place in its queue."""
+    position = None
+    if request.status == QUEUED and request.queue and not request.awaits_previous:
+        try:
+            position = queue_position(queue=request.queue, job_id=request.id)
+        except redis.RedisError:  # the position is a hint; the request is in MongoDB
+            position = None
+    return request_repr(request, request_children(request), queue_position=position)
 
 
 def request_get(*, request_id: str) -> ServiceRequest | None:

@@ -1,4 +1,5 @@
-"""gunicorn settings for the API (used by `make run` and the container image)."""
+"""gunicorn settings for the API (used by `make run` and the container image):
+`gunicorn marketplace.asgi:application -c deploy/gunicorn.conf.py`."""
 
 import multiprocessing
 import os
@@ -6,8 +7,9 @@ import os
 from infra import logs
 
 workers = int(os.environ.get("WEB_CONCURRENCY", min(4, multiprocessing.cpu_count() * 2)))
-threads = int(os.environ.get("GUNICORN_THREADS", 4))
-worker_class = "gthread"
+# The API is an ASGI application (marketplace/asgi.py: its sync views in API_THREADS threads
+# per worker, the live answers — SSE, WebSocket, Prefer: wait — on each worker's event loop).
+worker_class = "marketplace.asgi_worker.Worker"
 timeout = 30
 graceful_timeout = 20
 keepalive = 5

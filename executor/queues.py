@@ -73,6 +73,21 @@ def get_queue(name: str | None = None) -> Queue:
     )
 
 
+def queue_position(*, queue: str, job_id: str) -> int | None:
+    """The job's place among its queue's waiting jobs (0: the next one taken), or None when the
+    queue does not hold it (running, scheduled for later, not enqueued yet, or gone). One LPOS:
+    RQ pushes at the tail and pops at the head."""
+    return redis_connection().lpos(f"{Queue.redis_queue_namespace_prefix}{queue}", job_id)
+
+
+def queue_positions(*, queue: str, limit: int = 10_000) -> dict[str, int]:
+    """Every waiting job's place in `queue`, for the first `limit` of them (one LRANGE): what
+    one API process's live streams share instead of a look per stream."""
+    key = f"{Queue.redis_queue_namespace_prefix}{queue}"
+    ids = redis_connection().lrange(key, 0, limit - 1)
+    return {(i.decode() if isinstance(i, bytes) else i): n for n, i in enumerate(ids)}
+
+
 def job_timeout() -> int:
     """Seconds RQ lets a request's job run: SVC_JOB_TIMEOUT plus the backstop's margin."""
     return settings.SVC_JOB_TIMEOUT + defaults.JOB_TIMEOUT_MARGIN

@@ -173,6 +173,8 @@ def _environment(data_dir: Path, servers: list[embedded.Server]) -> dict:
     env.setdefault("DJANGO_SECRET_KEY", _persistent_secret(data_dir / "secret_key"))
     # A developer's stack issues `svc_test_…` keys: they never work on a live deployment.
     env.setdefault("SVC_API_KEY_ENVIRONMENT", "test")
+    # Webhooks to a receiver on this machine (http://127.0.0.1:…) are taken (webhooks/).
+    env.setdefault("SVC_WEBHOOK_ALLOW_PRIVATE", "1")
     # The key `~` config values are encrypted with (configs/keys.py); kept like the secret key.
     env.setdefault("CONFIG_FERNET_KEY", _persistent_secret(data_dir / "fernet_key", fernet=True))
     # The bearer token /metrics and /healthz?detail=1 want (infra/metrics.py); kept likewise.
@@ -188,7 +190,7 @@ def _environment(data_dir: Path, servers: list[embedded.Server]) -> dict:
     # Written so that `manage.py …` in another shell reaches the same servers (see settings).
     keys = ("MONGO_URI", "REDIS_URL", "DJANGO_SECRET_KEY", "CONFIG_FERNET_KEY")
     keys += ("PROMETHEUS_MULTIPROC_DIR", "SVC_API_KEY_ENVIRONMENT")
-    keys += ("SVC_ENVIRONMENT", "SVC_METRICS_TOKEN")
+    keys += ("SVC_ENVIRONMENT", "SVC_METRICS_TOKEN", "SVC_WEBHOOK_ALLOW_PRIVATE")
     (data_dir / "dev.env").write_text("".join(f"{k}={env[k]}\n" for k in keys))
     os.chmod(data_dir / "dev.env", 0o600)
     return env
@@ -262,7 +264,7 @@ def _children(env: dict) -> dict[str, list[str]]:
     return {
         "api": [
             gunicorn,
-            "marketplace.wsgi:application",
+            "marketplace.asgi:application",
             "-c",
             config,
             "--bind",
@@ -270,6 +272,7 @@ def _children(env: dict) -> dict[str, list[str]]:
         ],
         "executor": [*manage, "runexecutor"],
         "recon": [*manage, "recon"],
+        "webhooks": [*manage, "runwebhooks"],
     }
 
 
@@ -278,7 +281,7 @@ def _banner(env: dict, admin_password: str, token: str) -> None:
     base = f"http://127.0.0.1:{port}"
     print(
         f"""
-  API       {base}/svc/   (health: {base}/healthz)
+  API       {base}/svc/   (health: {base}/healthz; OpenAPI: {base}/api/docs/)
   Metrics   {base}/metrics   header: Authorization: Bearer {env["SVC_METRICS_TOKEN"]}
   Admin     {base}/admin/   user: {ADMIN_USER}   password: {admin_password}
   API key   {token}   (client '{DEMO_CLIENT}'; more: manage.py key create {DEMO_CLIENT})
@@ -287,6 +290,9 @@ def _banner(env: dict, admin_password: str, token: str) -> None:
     curl -s -X POST {base}/svc/text/greet/ -H 'Authorization: Bearer {token}' \\
          -H 'Content-Type: application/json' -d '{{"name": "Ada"}}'
     curl -s {base}/svc/request/<id>/ -H 'Authorization: Bearer {token}'
+    curl -sN {base}/svc/request/<id>/events/ -H 'Authorization: Bearer {token}'   # live (SSE)
+    curl -s -X POST {base}/svc/text/greet/ -H 'Authorization: Bearer {token}' \
+         -H 'Prefer: wait=10' -d '{{"name": "Grace"}}'   # the answer once it is done
     curl -s -X POST {base}/svc/deal/starter/ -H 'Authorization: Bearer {token}' \\
          -d '{{"inputs": {{"name": "Ada", "text": "hi"}}, "addons": ["text/shout"]}}'
 

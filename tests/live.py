@@ -92,18 +92,17 @@ class LiveStack:
         self._spawn(
             [
                 str(Path(sys.executable).with_name("gunicorn")),
-                "marketplace.wsgi:application",
+                "marketplace.asgi:application",
                 "-c",
                 str(ROOT / "deploy" / "gunicorn.conf.py"),
                 "--bind",
                 f"127.0.0.1:{port}",
                 "--workers",
                 str(workers),
-                "--threads",
-                str(threads),
                 "--access-logfile",
                 "/dev/null",
-            ]
+            ],
+            env={**self.env, "API_THREADS": str(threads)},
         )
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
@@ -121,11 +120,11 @@ class LiveStack:
     def start_recon(self, *args: str) -> subprocess.Popen:
         return self._spawn([sys.executable, str(ROOT / "manage.py"), "recon", *args])
 
-    def _spawn(self, argv: list[str]) -> subprocess.Popen:
+    def _spawn(self, argv: list[str], env: dict | None = None) -> subprocess.Popen:
         log = open(self.workdir / f"proc-{len(self.processes)}.log", "wb")  # noqa: SIM115
         process = subprocess.Popen(
             argv,
-            env=self.env,
+            env=env or self.env,
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -12,7 +12,13 @@ de-chunks it and ends it at the last chunk), else the client must send a length 
 from django.conf import settings
 
 from api.errors import ApplicationError
+from configs import live
 from infra import strict_json
+
+
+def max_body_bytes() -> int:
+    """The active `api` config's max_body_bytes, else SVC_MAX_BODY_BYTES."""
+    return (live.config("api") or {}).get("max_body_bytes") or settings.SVC_MAX_BODY_BYTES
 
 
 def read_json_object(request, *, limit: int) -> dict:

@@ -3,52 +3,12 @@
 from datetime import UTC, datetime
 
 from api import deal_rules
-from api.documents import ServiceRequest
 from api.keys import ApiKey, period_end, period_start
 from api.models import LedgerEntry, ServiceDeal, ServiceOffer
 from api.prompt_templates import TemplateError
+from api.shapes import iso, request_repr
 
-
-def iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return value.isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def request_repr(request: ServiceRequest, children: list[ServiceRequest] | None = None) -> dict:
-    """A request; a deal's `children` are given by the caller (they are documents of their own)."""
-    body = {
-        "id": request.id,
-        "kind": request.kind,
-        "service": request.service,
-        "action": request.action,
-        "status": request.status,
-        "inputs": request.inputs,
-        "price": request.price,
-        "results": list(request.results),
-        "error": request.error or None,
-        "attempts": request.attempts,
-        "tries": request.tries or 0,
-        "handler_used": request.handler_used if request.status == "succeeded" else None,
-        "created_at": iso(request.created_at),
-        "started_at": iso(request.started_at),
-        "finished_at": iso(request.finished_at),
-        "expires_at": iso(request.expires_at),
-        "url": f"/svc/request/{request.id}/",
-        "children": [request_repr(child) for child in children or ()],
-        "parent": request.parent,
-        "cancel_requested": bool(request.cancel_requested),
-    }
-    if request.kind == "deal":
-        body["addons"] = list(request.addons)
-    if request.parent:
-        body.update(
-            position=request.position,
-            pipeline=request.pipeline,
-            addon=bool(request.addon),
-            parent_url=f"/svc/request/{request.parent}/",
-        )
-    return body
+__all__ = ["account_repr", "deal_repr", "iso", "key_repr", "offer_repr", "request_repr"]
 
 
 def offer_repr(offer: ServiceOffer) -> dict:

@@ -1,17 +1,19 @@
 """HTTP views: each reads input, calls one service or selector, and shapes the output."""
 
+import json
 import logging
 
-from django.conf import settings
 from django.db import connection
-from django.http import JsonResponse
+from django.http import HttpResponse, JsonResponse
 from rest_framework.permissions import AllowAny
+from rest_framework.renderers import BaseRenderer, JSONRenderer
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from api import health, selectors
 from api.errors import ApplicationError
-from api.http.body import read_json_object
+from api.http.body import max_body_bytes, read_json_object
+from api.http.idempotency import IdempotentPostMixin
 from api.http.inputs import KeyCreateInput
 from api.http.representations import (
     account_repr,
@@ -30,18 +32,23 @@ from api.services.keys import (
     key_require_manager,
     key_revoke,
 )
-from configs import live
 from infra import logs, metrics, stores
+from webhooks.services import webhook_for_intake
 
 logger = logging.getLogger(__name__)
 
 
-def max_body_bytes() -> int:
-    """The active `api` config's max_body_bytes, else SVC_MAX_BODY_BYTES."""
-    return (live.config("api") or {}).get("max_body_bytes") or settings.SVC_MAX_BODY_BYTES
+class EventStreamRenderer(BaseRenderer):
+    """`Accept: text/event-stream` (an EventSource's): errors still go out as JSON."""
+
+    media_type = "text/event-stream"
+    format = "sse"
+
+    def render(self, data, accepted_media_type=None, renderer_context=None):
+        return JSONRenderer().render(data)
 
 
-class ClientView(APIView):
+class ClientView(IdempotentPostMixin, APIView):
     """A view of a client's own data: the caller's API key is required, its reads and cancels
     are limited per key, and no answer may be kept by a cache on the way."""
 
@@ -76,7 +83,11 @@ class OfferIntakeView(ClientView):
             raise ApplicationError("not_found", f"no offer at /svc/{service}/{action}/", status=404)
         inputs = read_json_object(request, limit=max_body_bytes())
         svc_request, created = intake_submit(
-            user_id=request.user.pk, offer=offer, inputs=inputs, api_key=request.auth
+            user_id=request.user.pk,
+            offer=offer,
+            inputs=inputs,
+            api_key=request.auth,
+            webhook=webhook_for_intake(user_id=request.user.pk, query=request.query_params),
         )
         return Response(request_repr(svc_request), status=202 if created else 200)
 
@@ -90,7 +101,11 @@ class DealIntakeView(ClientView):
             raise ApplicationError("not_found", f"no deal at /svc/deal/{name}/", status=404)
         body = read_json_object(request, limit=max_body_bytes())
         parent, children, created = intake_submit_deal(
-            user_id=request.user.pk, deal=deal, body=body, api_key=request.auth
+            user_id=request.user.pk,
+            deal=deal,
+            body=body,
+            api_key=request.auth,
+            webhook=webhook_for_intake(user_id=request.user.pk, query=request.query_params),
         )
         return Response(request_repr(parent, children), status=202 if created else 200)
 
@@ -100,7 +115,29 @@ class RequestDetailView(ClientView):
         svc_request = selectors.request_get_for_user(request_id=request_id, user_id=request.user.pk)
         if svc_request is None:
             raise ApplicationError("not_found", "no such request", status=404)
-        return Response(request_repr(svc_request, request_children(svc_request)))
+        return Response(selectors.request_representation(svc_request))
+
+
+class RequestEventsView(ClientView):
+    """`GET /svc/request/<id>/events/` where no ASGI server holds the stream open (the API
+    under plain WSGI, Django's test client): the request's current state as one Server-Sent
+    Event, after which the client's EventSource reconnects (`retry`) — a poll at the pace the
+    `retry` field sets. The ASGI application (marketplace/asgi.py) answers this path itself
+    with the live stream (api/http/live.py)."""
+
+    renderer_classes = [EventStreamRenderer, JSONRenderer]
+
+    def get(self, request, request_id: str):
+        svc_request = selectors.request_get_for_user(request_id=request_id, user_id=request.user.pk)
+        if svc_request is None:
+            raise ApplicationError("not_found", "no such request", status=404)
+        body = selectors.request_representation(svc_request)
+        data = json.dumps(body, separators=(",", ":"), ensure_ascii=False)
+        response = HttpResponse(
+            f"retry: 1000\nevent: request\ndata: {data}\n\n",
+            content_type="text/event-stream; charset=utf-8",
+        )
+        return response
 
 
 class RequestCancelView(ClientView):

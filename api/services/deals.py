@@ -42,6 +42,7 @@ from api.services.requests import (
     now,
     offer_request,
     request_cancel,
+    request_children,
     request_fail,
     transition,
 )
@@ -132,9 +133,12 @@ def deal_plan(*, deal: ServiceDeal, body: dict) -> DealPlan:
     return DealPlan(deal, inputs, parts, [str(a.offer) for a in addons], price)
 
 
-def deal_insert(*, user_id: int, plan: DealPlan) -> tuple[ServiceRequest, bool]:
+def deal_insert(
+    *, user_id: int, plan: DealPlan, webhook: dict | None = None
+) -> tuple[ServiceRequest, bool]:
     """The deal's parent request, or the caller's live identical one. Returns (parent,
-    created); the caller holds the price and calls deal_start only when created."""
+    created); the caller holds the price and calls deal_start only when created. `webhook`:
+    where the client is told of the deal (its items have none of their own)."""
     key = deal_dedupe_key(
         user_id=user_id, deal=plan.deal.name, addons=plan.addons, inputs=plan.inputs
     )
@@ -157,6 +161,7 @@ def deal_insert(*, user_id: int, plan: DealPlan) -> tuple[ServiceRequest, bool]:
             created_at=at,
             events=[{"at": at, "status": QUEUED}],
             children=[child_id(request_id, n) for n in range(len(plan.parts))],
+            webhook=webhook,
         )
 
     return insert_unless_live(key=key, at=at, build=build)
@@ -199,14 +204,6 @@ def _child(parent: ServiceRequest, position: int, part, inputs: dict, at) -> Ser
 
 
 # --- reads ----------------------------------------------------------------------------------
-
-
-def request_children(parent: ServiceRequest) -> list[ServiceRequest]:
-    """The deal's children in order (those that exist: intake may have stopped half-way)."""
-    if not parent.children:
-        return []
-    found = {child.id: child for child in ServiceRequest.objects(id__in=list(parent.children))}
-    return [found[cid] for cid in parent.children if cid in found]
 
 
 def deal_outputs(children: list[ServiceRequest]) -> list[list | None]:

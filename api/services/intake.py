@@ -33,15 +33,26 @@ logger = logging.getLogger(__name__)
 
 
 def intake_submit(
-    *, user_id: int, offer: ServiceOffer, inputs: dict, api_key: ApiKey | None = None
+    *,
+    user_id: int,
+    offer: ServiceOffer,
+    inputs: dict,
+    api_key: ApiKey | None = None,
+    webhook: dict | None = None,
 ) -> tuple[ServiceRequest, bool]:
     """Returns (request, created); created is False for a live identical request (no charge).
-    `api_key`: the key the client called with; its limits apply (api/keys.py)."""
+    `api_key`: the key the client called with; its limits apply (api/keys.py). `webhook`:
+    {"url", "events"} (webhooks.services.webhook_for_intake) or None."""
     key_check_allowed(key=api_key, target=f"{offer.service}/{offer.action}")
     resource, queue = route_for_handler(offer.handler_id)
     request, created = _insert_or_committed(
         lambda: request_submit(
-            user_id=user_id, offer=offer, inputs=inputs, queue=queue, resource=resource
+            user_id=user_id,
+            offer=offer,
+            inputs=inputs,
+            queue=queue,
+            resource=resource,
+            webhook=webhook,
         )
     )
     # The rest of this HTTP request's records carry the request's story (infra/logs.py).
@@ -65,12 +76,19 @@ def intake_submit(
 
 
 def intake_submit_deal(
-    *, user_id: int, deal: ServiceDeal, body: dict, api_key: ApiKey | None = None
+    *,
+    user_id: int,
+    deal: ServiceDeal,
+    body: dict,
+    api_key: ApiKey | None = None,
+    webhook: dict | None = None,
 ) -> tuple[ServiceRequest, list[ServiceRequest], bool]:
     """Returns (parent, children, created); created is False for a live identical deal."""
     key_check_allowed(key=api_key, target=f"deal/{deal.name}")
     plan = deals.deal_plan(deal=deal, body=body)
-    parent, created = _insert_or_committed(lambda: deals.deal_insert(user_id=user_id, plan=plan))
+    parent, created = _insert_or_committed(
+        lambda: deals.deal_insert(user_id=user_id, plan=plan, webhook=webhook)
+    )
     logs.bind(request_id=parent.id, client=user_id, offer=f"deal/{deal.name}")
     if not created:
         return parent, deals.request_children(parent), False

@@ -14,7 +14,7 @@ from django.conf import settings
 from mongoengine.errors import NotUniqueError
 from mongoengine.queryset.visitor import Q
 
-from api import defaults, metrics, prompt_templates
+from api import defaults, events, metrics, prompt_templates
 from api.documents import (
     CANCELED,
     EXPIRED,
@@ -27,7 +27,9 @@ from api.documents import (
 )
 from api.errors import ApplicationError
 from api.models import ServiceOffer
+from api.shapes import request_repr
 from infra.strict_json import strict_json_problem
+from webhooks.services import webhook_notify
 
 logger = logging.getLogger(__name__)
 
@@ -151,11 +153,18 @@ def offer_request(
 
 
 def request_submit(
-    *, user_id: int, offer: ServiceOffer, inputs: dict, queue: str, resource: str = ""
+    *,
+    user_id: int,
+    offer: ServiceOffer,
+    inputs: dict,
+    queue: str,
+    resource: str = "",
+    webhook: dict | None = None,
 ) -> tuple[ServiceRequest, bool]:
     """Create the request document, or return the caller's live identical one.
 
-    Returns (request, created). The caller enqueues the job only when created.
+    Returns (request, created). The caller enqueues the job only when created. `webhook`:
+    where the client is told of it (webhooks/); an identical live request keeps its own.
     """
     validate_inputs(offer=offer, inputs=inputs)
     key = dedupe_key(user_id=user_id, service=offer.service, action=offer.action, inputs=inputs)
@@ -172,6 +181,7 @@ def request_submit(
             dedupe_key=key,
             seq=seq,
             user_id=user_id,
+            webhook=webhook,
         )
 
     return insert_unless_live(key=key, at=at, build=build)
@@ -242,8 +252,10 @@ def transition(
         return None
     if current is None:
         current = ServiceRequest.objects(id=request_id).first()
-        if to_status in TERMINAL and from_status not in TERMINAL and current is not None:
-            metrics.request_ended(current)
+        if current is not None:
+            if to_status in TERMINAL and from_status not in TERMINAL:
+                metrics.request_ended(current)
+            _changed(current, from_status=from_status)
         return current
     current.status = to_status
     current.events.append(event)
@@ -254,7 +266,33 @@ def transition(
         setattr(current, name, value)
     if to_status in TERMINAL and from_status not in TERMINAL:
         metrics.request_ended(current)
+    _changed(current, from_status=from_status)
     return current
+
+
+def request_children(parent: ServiceRequest) -> list[ServiceRequest]:
+    """A deal's children in order (those that exist: intake may have stopped half-way); none
+    for an offer request."""
+    if not parent.children:
+        return []
+    found = {child.id: child for child in ServiceRequest.objects(id__in=list(parent.children))}
+    return [found[cid] for cid in parent.children if cid in found]
+
+
+def _changed(request: ServiceRequest, *, from_status: str) -> None:
+    """Tell who listens: the live answers (api/events.py) and, once it starts, the client's
+    webhook (its end is told by settlement, with what it was charged). A deal's events carry
+    its items, as its GET does (a deal changes status twice or so)."""
+    children = request_children(request) if request.kind == "deal" else None
+    events.request_changed(request, children)
+    if from_status == QUEUED and request.status == RUNNING and request.webhook:
+        webhook_notify(
+            user_id=request.user_id,
+            request_id=request.id,
+            webhook=request.webhook,
+            event="start",
+            body=request_repr(request, children),
+        )
 
 
 def request_start(
@@ -358,9 +396,11 @@ def request_note_try(*, request_id: str, note: str, tries: int = 1, **details) -
     """Record a try of a running request's handler call: an event (status stays `running`)
     with `note` and `details` (handler, code), and `tries` more counted."""
     event = {**_event(RUNNING, now(), note), **details}
-    ServiceRequest.objects(id=request_id, status=RUNNING).update_one(
-        push__events=event, inc__tries=tries
+    changed = ServiceRequest.objects(id=request_id, status=RUNNING).modify(
+        new=True, push__events=event, inc__tries=tries
     )
+    if changed is not None:  # a retry or a fallback: rare, so the read back is affordable
+        events.request_changed(changed)
 
 
 def request_cancel_running(
@@ -403,6 +443,7 @@ def request_cancel(
             new=True, set__cancel_requested=True
         )
         if asked is not None:
+            events.request_changed(asked, request_children(asked))
             return asked, "cancel_requested"
         current = ServiceRequest.objects(id=request_id).first()
         if current is None or current.status in TERMINAL:

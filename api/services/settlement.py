@@ -22,8 +22,11 @@ from dataclasses import dataclass
 from django.db import transaction
 
 from api.documents import SUCCEEDED, TERMINAL, ServiceRequest
+from api.models import LedgerEntry
 from api.services import deals
 from api.services.accounts import account_capture, account_release, usage_record
+from api.shapes import iso, request_repr
+from webhooks.services import webhook_notify
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +48,8 @@ def request_settle(*, request: ServiceRequest, usage: Usage | None = None) -> No
     if request.parent:
         ended = deals.deal_child_ended(request)  # may queue the next pipeline step
         if ended is not None and ended.status in TERMINAL:
-            _settle_own(ended)
+            with transaction.atomic():
+                _settle_own(ended)
         if usage is not None:
             _usage_record(request, usage)
         return
@@ -66,7 +70,8 @@ def _usage_record(request: ServiceRequest, usage: Usage) -> None:
 
 
 def _settle_own(request: ServiceRequest) -> None:
-    """Capture or release the request's own hold (an offer request, or a deal)."""
+    """Capture or release the request's own hold (an offer request, or a deal), and tell the
+    client's webhook, in the same transaction: the notice is kept exactly when the charge is."""
     if request.status == SUCCEEDED:
         account_capture(request_id=request.id)
         if request.kind == "deal":  # the deal's own record; its items have theirs
@@ -74,6 +79,34 @@ def _settle_own(request: ServiceRequest) -> None:
     else:
         note = f"deal {request.status}" if request.kind == "deal" else request.status
         account_release(request_id=request.id, note=note)
+    if request.webhook:
+        _notify_completed(request)
+
+
+def _notify_completed(request: ServiceRequest) -> None:
+    """The `completed` webhook: the request as its GET shows it, what was charged, and the
+    ledger entry that settled its hold (none: nothing was held, e.g. an ended deal item's)."""
+    entry = LedgerEntry.objects.filter(settles=request.id).first()
+    charged = entry.amount if entry is not None and entry.kind == LedgerEntry.CAPTURE else 0
+    webhook_notify(
+        user_id=request.user_id,
+        request_id=request.id,
+        webhook=request.webhook,
+        event="completed",
+        body={
+            **request_repr(request, deals.request_children(request)),
+            "charged": charged,
+            "ledger_entry": None
+            if entry is None
+            else {
+                "kind": entry.kind,
+                "amount": entry.amount,
+                "request_id": entry.request_id,
+                "note": entry.note,
+                "created_at": iso(entry.created_at),
+            },
+        },
+    )
 
 
 def hold_settle_orphaned(*, request_id: str) -> bool:

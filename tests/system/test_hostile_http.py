@@ -1,4 +1,4 @@
-"""Hostile input through the real stack (gunicorn's gthread workers, as `make run` serves):
+"""Hostile input through the real stack (gunicorn's uvicorn workers, as `make run` serves):
 a chunked body is read (and 413 past the limit), hostile bodies answer 400 and change
 nothing, and identical POSTs racing one intake answer only with a request that was held."""
 
