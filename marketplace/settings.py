@@ -372,3 +372,26 @@ SVC_METRICS_PRUNE_DEAD = envbool("SVC_METRICS_PRUNE_DEAD", True)
 # nobody (/metrics answers 403, /healthz leaves the detail out). `make run` makes a token.
 SVC_METRICS_TOKEN = envoptional("SVC_METRICS_TOKEN")
 SVC_METRICS_TRUSTED_NETWORKS = envnetworks("SVC_METRICS_TRUSTED_NETWORKS")
+
+# The OpenAPI 3.1 document (`/api/schema/`) and Swagger UI (`/api/docs/`): api/http/openapi.py
+# writes the operations (the views answer plain dicts, which drf-spectacular cannot read) and
+# serves the document, cached per catalog version. Swagger UI's scripts and styles come from
+# drf-spectacular-sidecar, from this origin (the CSP above allows no other): an app, so that
+# collectstatic finds them.
+INSTALLED_APPS += ["drf_spectacular_sidecar"]
+SPECTACULAR_SETTINGS = {
+    "TITLE": "AI service marketplace API",
+    "DESCRIPTION": "Offers and deals bought with credits: one operation per offer and deal on "
+    "sale, with its inputs and price. Authenticate with `Authorization: Bearer <API key>`.",
+    "OAS_VERSION": "3.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "PREPROCESSING_HOOKS": ["api.http.openapi.leave_described_endpoints"],
+    "POSTPROCESSING_HOOKS": ["api.http.openapi.describe_api"],
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "displayOperationId": True},
+    # Not in `check --deploy`: the document reads the catalog, and the check runs before
+    # `migrate`; tests/api/test_openapi.py validates it instead.
+    "ENABLE_DJANGO_DEPLOY_CHECK": False,
+}

@@ -1,12 +1,16 @@
 from django.contrib import admin
 from django.urls import include, path
 
+from api.http.openapi import DocsView, SchemaView
 from api.http.views import healthz
 from infra.metrics import metrics_view
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("svc/", include("api.http.urls")),
+    # The OpenAPI document and Swagger UI, public (api/http/openapi.py).
+    path("api/schema/", SchemaView.as_view(), name="api-schema"),
+    path("api/docs/", DocsView.as_view(), name="api-docs"),
     path("healthz", healthz, name="healthz"),
     # Every process of the host (multiprocess mode) plus store figures: infra/metrics.py.
     path("metrics", metrics_view, name="prometheus-django-metrics"),

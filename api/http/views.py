@@ -127,6 +127,12 @@ class RequestEventsView(ClientView):
 
     renderer_classes = [EventStreamRenderer, JSONRenderer]
 
+    def handle_exception(self, exc):
+        # An error is JSON whatever the client accepts, and says so (schemathesis found it).
+        self.request.accepted_renderer = JSONRenderer()
+        self.request.accepted_media_type = JSONRenderer.media_type
+        return super().handle_exception(exc)
+
     def get(self, request, request_id: str):
         svc_request = selectors.request_get_for_user(request_id=request_id, user_id=request.user.pk)
         if svc_request is None:

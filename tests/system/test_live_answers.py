@@ -12,8 +12,8 @@ import time
 
 import httpx
 import pytest
-from cryptography.fernet import Fernet
 import websockets
+from cryptography.fernet import Fernet
 
 from tests.live import ROOT, LiveStack, wait_until
 
