@@ -1,6 +1,6 @@
 """`make bench` (python -m benchmarks): every scenario, a table, benchmarks/results.json.
 
-    python -m benchmarks [--only store executor inflight dispatch intake] [--output FILE]
+    python -m benchmarks [--only store executor inflight dispatch waiting intake] [--output FILE]
                          [--strict]
 
 Starts its own SecantusDB, redis-server, SQLite, recon, gunicorn and executors on free
@@ -21,7 +21,7 @@ from pathlib import Path
 import pymongo
 import redis
 
-from benchmarks import dispatch, executor_bench, inflight, intake, measure, report, store
+from benchmarks import dispatch, executor_bench, inflight, intake, measure, report, store, waiting
 from benchmarks.stack import ROOT, Stack, wait_until
 from infra import embedded
 
@@ -31,7 +31,7 @@ from infra import embedded
 # registry of retryable writes is scanned on each one, docs/benchmarks.md), which bounds the
 # intake's rate in a full run but not its CPU per POST; `--only store intake` reads its rate
 # on a fresher server. Run first, it would slow the executor scenarios instead.
-SCENARIOS = ("store", "executor", "inflight", "dispatch", "intake")
+SCENARIOS = ("store", "executor", "inflight", "dispatch", "waiting", "intake")
 # Extra gunicorn arguments, to measure a configuration change before making it, e.g.
 # BENCH_GUNICORN_ARGS="--worker-connections 8" (the command line wins over the config file).
 GUNICORN_ARGS_ENV = "BENCH_GUNICORN_ARGS"
@@ -72,8 +72,14 @@ def main(argv: list[str] | None = None) -> int:
             stack.fresh_requests()
             return intake.run(stack, api, api_port, measure.StoreCounter(mongo, redis_client))
 
+        def waiting_scenario():
+            api_process()  # the requests are submitted through the API
+            stack.fresh_requests()
+            return waiting.run(stack, api_port, upstream_port, embedded.free_port())
+
         scenarios = {
             "store": lambda: store.run(stack),
+            "waiting": waiting_scenario,
             "executor": lambda: through_api(executor_bench),
             "inflight": lambda: through_api(inflight),
             "dispatch": lambda: dispatch.run(stack),

@@ -67,11 +67,20 @@ class CpuMeter:
         return {name: round(seconds / wall, 2) for name, seconds in self.seconds.items()}
 
 
+def rss_mb(pid: int) -> float:
+    """Resident memory of one process now (VmRSS), in MB."""
+    return _status_mb(pid, "VmRSS:")
+
+
 def vm_hwm_mb(pid: int) -> float:
     """Peak resident memory of one process (VmHWM), in MB."""
+    return _status_mb(pid, "VmHWM:")
+
+
+def _status_mb(pid: int, field: str) -> float:
     with open(f"/proc/{pid}/status") as status:
         for line in status:
-            if line.startswith("VmHWM:"):
+            if line.startswith(field):
                 return int(line.split()[1]) / 1024
     return 0.0
 

@@ -23,6 +23,8 @@ LIFECYCLE_MONGO_WRITES = 3
 INFLIGHT_AT_ONCE = 950  # of 1,000 requests, by their own times and by the upstream's count
 INFLIGHT_PEAK_RSS_MB = 500
 DISPATCH_SHARE = 1.0  # of RQ's SimpleWorker
+# Issue 17: 1,000 clients waiting on one API process, every one answered when its request ends.
+WAITING_CLIENTS = 1000
 INTAKE_STORE_SHARE = 0.80  # accepted/s, of the intake store ceiling
 INTAKE_P99_VS_REPLAY = 1.5  # against the intake store replay's p99 at the same concurrency
 INTAKE_CPU_VS_BARE = 2.5  # API CPU per accepted POST, against the bare view's per request
@@ -58,6 +60,8 @@ def rows(results: dict) -> list[Row]:
         out += _inflight_rows(results["inflight"])
     if "dispatch" in results:
         out += _dispatch_rows(results["dispatch"])
+    if "waiting" in results:
+        out += _waiting_rows(results["waiting"])
     if "intake" in results:
         out += _intake_rows(results["intake"], store)
     return out
@@ -194,6 +198,42 @@ def _executor_rate_row(name: str, executor: dict, store: dict | None) -> Row:
         value,
         at_least=EXECUTOR_STORE_SHARE,
     )
+
+
+def _waiting_rows(waiting: dict) -> list[Row]:
+    n = waiting["clients"]
+    lag = waiting.get("end_lag_ms_p99")
+    return [
+        _absolute(
+            f"waiting: {n} SSE streams on one API process, opened (in {waiting['open_s']:.1f} s)",
+            f"{waiting['opened']} of {n}",
+            waiting["opened"],
+            at_least=WAITING_CLIENTS,
+        ),
+        _absolute(
+            "waiting: streams that carried their request's end",
+            f"{waiting['answered']} of {n} (errors {waiting['errors']})",
+            waiting["answered"],
+            at_least=WAITING_CLIENTS,
+        ),
+        Row(
+            "waiting: API process while they wait",
+            f"{waiting['api_rss_waiting_mb']:.0f} MB RSS, {waiting['api_cores_waiting']:.3f} cores",
+            "-",
+            None,
+            "(reported)",
+            None,
+        ),
+        Row(
+            "waiting: API CPU per end delivered; end → client lag",
+            f"{waiting['api_cpu_ms_per_answer']:.2f} ms; p50 {waiting['end_lag_ms_p50']} ms, "
+            f"p99 {lag} ms (client {waiting.get('client_cores_delivering')} cores)",
+            "-",
+            None,
+            "(reported)",
+            None,
+        ),
+    ]
 
 
 def _inflight_rows(inflight: dict) -> list[Row]:

@@ -207,13 +207,13 @@ class Stack:
     def python(self, name: str, *args: str, **env: str) -> subprocess.Popen:
         return self.spawn(name, [sys.executable, *args], **env)
 
-    def gunicorn(self, port: int, *extra: str) -> subprocess.Popen:
+    def gunicorn(self, port: int, *extra: str, name: str = "gunicorn") -> subprocess.Popen:
         """The API as deployed (deploy/gunicorn.conf.py), with the bench URLs added."""
         return self.spawn(
-            "gunicorn",
+            name,
             [
                 str(VENV_BIN / "gunicorn"),
-                "marketplace.wsgi:application",
+                "marketplace.asgi:application",
                 "-c",
                 str(ROOT / "deploy" / "gunicorn.conf.py"),
                 "--bind",

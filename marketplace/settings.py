@@ -284,6 +284,8 @@ SVC_WEBHOOK_RETRY_SCHEDULE = [
 SVC_IDEMPOTENCY_TTL = envint("SVC_IDEMPOTENCY_TTL", 86400)
 # `Prefer: wait=N`: the longest wait a client may ask for, in seconds.
 SVC_MAX_WAIT_SECONDS = envint("SVC_MAX_WAIT_SECONDS", 60)
+# Seconds between an SSE stream's keep-alive comments (and its looks at the document).
+SVC_SSE_KEEPALIVE_SECONDS = envfloat("SVC_SSE_KEEPALIVE_SECONDS", 15.0)
 
 # Recon's health (api/health.py): the error rate counts requests that ended within this many
 # minutes. Alerts (recon/alerts.py): a queued request older than SVC_ALERT_STUCK_SECONDS, or an

@@ -33,6 +33,8 @@ RECONNECT_MAX = 5.0
 # A queue's positions are read again once they are this old (seconds), and at most this many.
 POSITIONS_AGE = 1.0
 POSITIONS_LIMIT = 10_000
+# Connections of the hub's client (the subscription has its own, besides).
+REDIS_CONNECTIONS = 64
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,12 @@ class Hub:
     def client(self) -> aioredis.Redis:
         """This process's asyncio Redis client (the stream reads, the queue looks)."""
         if self._client is None:
-            self._client = aioredis.from_url(self._url, socket_timeout=10, max_connections=256)
+            # A pool that makes a caller wait for a connection (the default one raises past its
+            # size): 1,000 streams opening at once take turns on REDIS_CONNECTIONS.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self._url, max_connections=REDIS_CONNECTIONS, timeout=10, socket_timeout=10
+            )
+            self._client = aioredis.Redis(connection_pool=pool)
         return self._client
 
     @property

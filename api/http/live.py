@@ -8,14 +8,15 @@ in SYNC_THREADS for a moment and come back.
 `request_stream` is what both the SSE stream and a WebSocket subscription send: first the
 request as it is now (or, resuming after `Last-Event-ID`, the events kept since), then one
 event per change until a terminal status; while queued, its new `queue_position` whenever it
-moves; a keep-alive every KEEPALIVE seconds, at which the document is looked at again so an
-event Redis lost delays the stream, never stalls it.
+moves; a keep-alive every SVC_SSE_KEEPALIVE_SECONDS (15), and at every RECHECK_EVERY-th one a
+look at the document, so an event Redis lost delays the stream, never stalls it.
 """
 
 import asyncio
 import contextlib
 import json
 import logging
+import random
 import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -32,8 +33,12 @@ from api.services.keys import key_authenticate
 
 logger = logging.getLogger(__name__)
 
-KEEPALIVE = 15.0  # seconds between SSE comments (and looks at the document)
 POSITION_EVERY = 1.0  # seconds between looks at a queued request's place
+# Every this many keep-alives a stream reads its document again (a minute by default): an
+# event whose publishing failed is then sent late. (The hub asks every stream to look at
+# once when its subscription comes back.) Reading it at every beat cost 1,000 streams a
+# burst of 1,000 reads every 15 s, which held events back by seconds (make bench, waiting).
+RECHECK_EVERY = 4
 SYNC_THREADS = 16
 EVENTS_PATH = re.compile(r"^/svc/request/(?P<request_id>[^/]{1,64})/events/$")
 INTAKE_PATH = re.compile(r"^/svc/(?!request/|account/)[a-z0-9_-]+/[a-z0-9_-]+/$", re.IGNORECASE)
@@ -117,7 +122,10 @@ async def request_stream(
         if last.status in TERMINAL:
             return
         loop = asyncio.get_running_loop()
-        keepalive_at = loop.time() + KEEPALIVE
+        keepalive = settings.SVC_SSE_KEEPALIVE_SECONDS
+        # Streams opened together must not all beat (and read their documents) together.
+        keepalive_at = loop.time() + keepalive * random.uniform(0.5, 1.0)
+        beats = 0
         while True:
             timeout = keepalive_at - loop.time()
             if last.status == QUEUED and last.queue:
@@ -128,14 +136,18 @@ async def request_stream(
                 event = None
             if event is None:
                 if loop.time() >= keepalive_at:
-                    keepalive_at = loop.time() + KEEPALIVE
+                    keepalive_at = loop.time() + keepalive
+                    beats += 1
                     yield None
+                    if beats % RECHECK_EVERY:
+                        continue
                     event = RESYNC  # and look at the document: an event may have been lost
-                elif last.status == QUEUED and last.queue:
-                    moved = await _moved(request_id, last)
-                    if moved is not None:
-                        last = moved
-                        yield Event(None, "request", moved.data)
+                else:  # the place in the queue is due (or the timer woke a moment early)
+                    if last.status == QUEUED and last.queue:
+                        moved = await _moved(request_id, last)
+                        if moved is not None:
+                            last = moved
+                            yield Event(None, "request", moved.data)
                     continue
             if event is DRAIN:
                 raise Draining

@@ -6,16 +6,14 @@ place in the queue, and a stopping API process ending what it holds instead of c
 import asyncio
 import json
 import signal
-import sys
 import threading
 import time
 
 import httpx
 import pytest
 import websockets
-from cryptography.fernet import Fernet
 
-from tests.live import ROOT, LiveStack, wait_until
+from tests.live import LiveStack, wait_until
 
 
 def sse_events(response: httpx.Response):
@@ -105,6 +103,44 @@ def _event_ids(live: LiveStack, request_id: str) -> list[str]:
 
     connection = redis.Redis.from_url(live.env["REDIS_URL"])
     return [entry_id.decode() for entry_id, _ in connection.xrange(stream_key(request_id))]
+
+
+def test_a_deals_stream_carries_each_item_and_the_deal_with_its_items(live):
+    alice = live.client("alice", credits=20)
+    deal = alice.post("/svc/deal/starter/", json={"inputs": {"name": "Ada"}}).json()
+    seen = []
+    with alice.stream("GET", deal["urls"]["events"], timeout=30) as response:
+        for _, kind, data in sse_events(response):
+            seen.append((kind, data))
+            if len(seen) == 1:
+                live.start_executor("--concurrency", "2")
+    children = [data for kind, data in seen if kind == "child"]
+    # Both items ran (greet, then its pipeline step shout) and each said so as it went.
+    by_item = {}
+    for child in children:
+        by_item.setdefault(child["id"], []).append(child["status"])
+    assert len(by_item) == 2
+    assert all(statuses[-1] == "succeeded" for statuses in by_item.values())
+    assert all(child["parent"] == deal["id"] for child in children)
+    kind, final = seen[-1]
+    assert kind == "request" and final["status"] == "succeeded"
+    assert final == alice.get(deal["url"]).json()
+    assert [c["status"] for c in final["children"]] == ["succeeded", "succeeded"]
+
+
+def test_a_quiet_stream_sends_keep_alive_comments(stack):
+    live = stack(SVC_SSE_KEEPALIVE_SECONDS="0.5")
+    live.start_api(workers=1, threads=4)
+    alice = live.client("alice", credits=20)
+    request = alice.post("/svc/text/slow/", json={"text": "quiet"}).json()
+    comments = 0
+    with alice.stream("GET", request["urls"]["events"], timeout=30) as response:
+        for line in response.iter_lines():
+            if line.startswith(":"):
+                comments += 1
+                if comments == 2:
+                    break
+    assert comments == 2
 
 
 def test_another_clients_stream_is_a_404_and_a_bad_key_a_401(live):
@@ -249,58 +285,3 @@ def _live_waits(live: LiveStack) -> int:
         if family.name == "svc_live_answers":
             return int(sum(s.value for s in family.samples if s.labels.get("kind") == "wait"))
     return 0
-
-
-# --- webhooks, end to end ---------------------------------------------------------------------
-
-
-def test_a_webhook_named_at_intake_is_signed_and_says_what_was_charged(stack):
-    from standardwebhooks.webhooks import Webhook
-
-    from tests.webhooks.conftest import Receiver
-
-    live = stack(
-        SVC_WEBHOOK_ALLOW_PRIVATE="1",
-        SVC_WEBHOOK_RETRY_SCHEDULE="0.2,0.2,0.2",
-        CONFIG_FERNET_KEY=Fernet.generate_key().decode(),  # seals the signing secret
-    )
-    live.start_api(workers=1, threads=4)
-    live.start_executor("--concurrency", "2")
-    live._spawn([sys.executable, str(ROOT / "manage.py"), "runwebhooks"])
-    alice = live.client("alice", credits=20)
-    secret = alice.post("/svc/account/webhook_secret/").json()["secret"]
-    with Receiver() as receiver:
-        receiver.plan = [500, 503]  # the first two attempts fail: the third is delivered
-        hook = receiver.hook_url()
-        request = alice.post(
-            f"/svc/text/slow/?webhook={hook}&webhook_events=start,completed", json={"text": "w"}
-        ).json()
-        wait_until(lambda: len(receiver.requests) >= 4, timeout=60, what="4 webhook attempts")
-        attempts = receiver.requests
-    # start failed twice and went out a third time with the same id; completed once.
-    by_type: dict[str, list] = {}
-    for attempt in attempts:
-        payload = Webhook(secret).verify(attempt.body, attempt.headers)
-        by_type.setdefault(payload["type"], []).append((attempt.headers["webhook-id"], payload))
-    assert sorted(by_type) == ["request.completed", "request.start"]
-    start_ids = {webhook_id for webhook_id, _ in by_type["request.start"]}
-    assert len(by_type["request.start"]) == 3 and len(start_ids) == 1
-    [(_, completed)] = by_type["request.completed"]
-    data = completed["data"]
-    assert data["id"] == request["id"] and data["status"] == "succeeded"
-    assert data["charged"] == 2 and data["ledger_entry"]["kind"] == "capture"
-    assert data["ledger_entry"]["amount"] == 2
-    account = alice.get("/svc/account/").json()
-    assert account["balance"] == 18 and account["held"] == 0
-
-
-def test_a_webhook_to_a_private_address_is_refused_and_changes_nothing(stack):
-    live = stack(SVC_WEBHOOK_ALLOW_PRIVATE="0")
-    live.start_api(workers=1, threads=4)
-    alice = live.client("alice", credits=20)
-    for url in ("https://10.0.0.7/hook", "https://[::ffff:127.0.0.1]/h", "http://8.8.8.8/h"):
-        answer = alice.post(f"/svc/text/slow/?webhook={url}", json={"text": "x"})
-        assert answer.status_code == 400, url
-        assert answer.json()["error"]["code"] == "invalid_webhook"
-    account = alice.get("/svc/account/").json()
-    assert (account["balance"], account["held"]) == (20, 0)
