@@ -225,9 +225,11 @@ def _waiting_rows(waiting: dict) -> list[Row]:
             None,
         ),
         Row(
-            "waiting: API CPU per end delivered; end → client lag",
-            f"{waiting['api_cpu_ms_per_answer']:.2f} ms; p50 {waiting['end_lag_ms_p50']} ms, "
-            f"p99 {lag} ms (client {waiting.get('client_cores_delivering')} cores)",
+            "waiting: API CPU per end; end → client, published → client",
+            f"{waiting['api_cpu_ms_per_answer']:.2f} ms; p50 {waiting['end_lag_ms_p50']} / "
+            f"p99 {lag} ms; p50 {waiting.get('delivery_ms_p50')} / p99 "
+            f"{waiting.get('delivery_ms_p99')} ms (client {waiting.get('client_cores_delivering')}"
+            " cores)",
             "-",
             None,
             "(reported)",

@@ -4,9 +4,11 @@ the requests and every stream must carry its request's end.
 
 What it shows: what 1,000 waiting clients cost that process (resident memory, and CPU while
 nothing happens: keep-alives, the queue-position looks), what delivering their events costs
-(CPU per request ended), and how late each end reaches its client (from the request's
-`finished_at` to the event's arrival, on one machine's clock; the load generator parsing 1,000
-streams in one Python process shares the 2 cores, and its CPU is reported beside).
+(CPU per request ended), and how late each end reaches its client: from the request's
+`finished_at` to the event's arrival (the executor's own write of the end included), and from
+the event's publishing (its stream id, Redis's clock) to its arrival, on one machine's clock.
+The load generator, parsing 1,000 streams in one Python process, shares the 2 cores; its CPU is
+reported beside.
 """
 
 import asyncio
@@ -93,6 +95,13 @@ async def _measure(stack: Stack, port: int, ids: list[str], worker: int, request
         for s in streams
         if s.ended_at is not None and s.request_id in finished
     )
+    # From the event's publishing (its stream id) to its arrival: the delivery alone, without
+    # the executor's own write of the end, which a loaded MongoDB makes slow.
+    delivery = sorted(
+        (s.ended_at - s.published_at) * 1000
+        for s in streams
+        if s.ended_at is not None and s.published_at is not None
+    )
     answered = sum(1 for s in streams if s.ended_at is not None)
     return {
         "clients": len(ids),
@@ -111,6 +120,8 @@ async def _measure(stack: Stack, port: int, ids: list[str], worker: int, request
         "end_lag_ms_p50": round(measure.percentile(lags, 0.50), 1) if lags else None,
         "end_lag_ms_p99": round(measure.percentile(lags, 0.99), 1) if lags else None,
         "end_lag_ms_max": round(lags[-1], 1) if lags else None,
+        "delivery_ms_p50": round(measure.percentile(delivery, 0.50), 1) if delivery else None,
+        "delivery_ms_p99": round(measure.percentile(delivery, 0.99), 1) if delivery else None,
     }
 
 
@@ -120,6 +131,7 @@ class _Stream:
         self.first_at: float | None = None
         self.ended_at: float | None = None
         self.error: str | None = None
+        self.published_at: float | None = None  # the end event's stream id: Redis's clock
 
     async def follow(self, client: httpx.AsyncClient, streams, opened: asyncio.Event) -> None:
         try:
@@ -127,7 +139,10 @@ class _Stream:
                 if answer.status_code != 200:
                     self.error = f"HTTP {answer.status_code}"
                     return
+                event_id = None
                 async for line in answer.aiter_lines():
+                    if line.startswith("id: "):
+                        event_id = line[4:]
                     if not line.startswith("data: "):
                         continue
                     status = json.loads(line[6:])["status"]
@@ -137,6 +152,8 @@ class _Stream:
                             opened.set()
                     if status in ("succeeded", "failed", "canceled", "expired"):
                         self.ended_at = time.time()
+                        if event_id:
+                            self.published_at = int(event_id.split("-")[0]) / 1000
                         return
         except (httpx.HTTPError, OSError) as exc:
             self.error = type(exc).__name__
