@@ -280,6 +280,9 @@ SVC_WEBHOOK_RETRY_SCHEDULE = [
     float(delay)
     for delay in envlist("SVC_WEBHOOK_RETRY_SCHEDULE") or [5, 300, 1800, 7200, 18000, 36000]
 ]
+# Days an ended webhook delivery (delivered, failed, stopped) and its attempts are kept, for
+# the admin and redelivery; the webhook worker deletes older ones (at most once an hour).
+SVC_WEBHOOK_KEEP_DAYS = envint("SVC_WEBHOOK_KEEP_DAYS", 30)
 # Seconds an `Idempotency-Key` and its answer are kept (Stripe: 24 h).
 SVC_IDEMPOTENCY_TTL = envint("SVC_IDEMPOTENCY_TTL", 86400)
 # `Prefer: wait=N`: the longest wait a client may ask for, in seconds.

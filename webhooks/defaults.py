@@ -47,6 +47,11 @@ WAKE_MAX = 100
 POLL_SECONDS = 1.0
 # Seconds in-flight attempts get to finish on SIGTERM; the others are left to their lease.
 SHUTDOWN_GRACE = 10.0
+# Seconds between a worker's deletions of ended deliveries older than SVC_WEBHOOK_KEEP_DAYS
+# (each worker prunes; a DELETE twice deletes nothing more).
+PRUNE_EVERY_SECONDS = 3600
+# Rows one pruning deletes at most (a backlog is worked off hour by hour, never in one lock).
+PRUNE_BATCH = 10_000
 # Attempts one worker keeps in flight (`runwebhooks --concurrency`): each mostly waits on a
 # receiver, so many fit in one process.
 CONCURRENCY = 32

@@ -212,6 +212,21 @@ def webhook_redeliver(*, delivery: WebhookDelivery) -> None:
 # --- the worker -----------------------------------------------------------------------------
 
 
+def delivery_prune(*, older_than: datetime, limit: int = defaults.PRUNE_BATCH) -> int:
+    """Delete ended deliveries (delivered, failed, stopped) created before `older_than`, with
+    their attempts, at most `limit` of them; how many went. Pending ones are never pruned."""
+    ended = (WebhookDelivery.DELIVERED, WebhookDelivery.FAILED, WebhookDelivery.STOPPED)
+    ids = list(
+        WebhookDelivery.objects.filter(state__in=ended, created_at__lt=older_than)
+        .order_by("created_at")
+        .values_list("pk", flat=True)[:limit]
+    )
+    if ids:
+        WebhookDelivery.objects.filter(pk__in=ids).delete()
+        logger.info("webhook deliveries pruned: %d (ended before %s)", len(ids), older_than)
+    return len(ids)
+
+
 def delivery_claim(*, limit: int) -> list[WebhookDelivery]:
     """Up to `limit` due deliveries, now this worker's until their lease ends: pending ones due,
     and delivering ones whose worker's lease ran out (it died). Each is taken by a conditional

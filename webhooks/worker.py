@@ -25,6 +25,7 @@ import logging
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from urllib.parse import urlsplit
 
 import httpx
@@ -60,6 +61,7 @@ class WebhookWorker:
         self._wake: asyncio.Future | None = None
         self._soonest_retry = None  # the earliest next_attempt_at this worker set
         self._db_pool = ThreadPoolExecutor(1, thread_name_prefix="webhooks-sql")
+        self._pruned_at = 0.0  # monotonic time of this worker's last pruning
 
     def run(self) -> int:
         """Work until stop() (or, with `once`, until nothing is due); the attempts made."""
@@ -82,12 +84,24 @@ class WebhookWorker:
         self._loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
         async with self._client() as client:
             while not self._stop.is_set():
+                await self._prune_now_and_then()
                 found = await self._claim_and_start(client)
                 if self.once and not found and not self._tasks:
                     break
                 if not found:
                     await self._idle()
             await self._drain()
+
+    async def _prune_now_and_then(self) -> None:
+        """Delete old ended deliveries, at most once per PRUNE_EVERY_SECONDS."""
+        if time.monotonic() - self._pruned_at < defaults.PRUNE_EVERY_SECONDS and self._pruned_at:
+            return
+        self._pruned_at = time.monotonic()
+        older_than = timezone.now() - timedelta(days=settings.SVC_WEBHOOK_KEEP_DAYS)
+        try:
+            await self._sql(services.delivery_prune, older_than=older_than)
+        except Exception:  # SQL away: the next hour's pruning takes what this one left
+            logger.exception("webhook worker could not prune old deliveries")
 
     async def _claim_and_start(self, client: httpx.AsyncClient) -> bool:
         free = self.concurrency - len(self._tasks)
