@@ -287,6 +287,10 @@ SVC_WEBHOOK_KEEP_DAYS = envint("SVC_WEBHOOK_KEEP_DAYS", 30)
 SVC_IDEMPOTENCY_TTL = envint("SVC_IDEMPOTENCY_TTL", 86400)
 # `Prefer: wait=N`: the longest wait a client may ask for, in seconds.
 SVC_MAX_WAIT_SECONDS = envint("SVC_MAX_WAIT_SECONDS", 60)
+# Live answers (SSE streams, WebSocket subscriptions) one client may hold open at once on one
+# API process (429 too_many_streams past it); each one opened also counts against
+# SVC_READ_RATE.
+SVC_LIVE_PER_CLIENT = envint("SVC_LIVE_PER_CLIENT", 1000)
 # Seconds between an SSE stream's keep-alive comments (and its looks at the document).
 SVC_SSE_KEEPALIVE_SECONDS = envfloat("SVC_SSE_KEEPALIVE_SECONDS", 15.0)
 

@@ -24,11 +24,13 @@ from concurrent.futures import ThreadPoolExecutor
 from django.conf import settings
 from django.db import close_old_connections
 from prometheus_client import Gauge
+from rest_framework.exceptions import Throttled
 
 from api import selectors
 from api.documents import QUEUED, TERMINAL
 from api.errors import ApplicationError
 from api.http.hub import DRAIN, RESYNC, Event, hub, id_key
+from api.http.throttling import ReadThrottle, take, unauthenticated_hit
 from api.services.keys import key_authenticate
 
 logger = logging.getLogger(__name__)
@@ -217,15 +219,80 @@ def _header(scope, name: bytes) -> str | None:
     return None
 
 
-async def authenticate(authorization: str | None):
-    """The API key of `Authorization: Bearer <key>` (or `Token`); ApplicationError 401."""
+async def authenticate(authorization: str | None, scope=None):
+    """The API key of `Authorization: Bearer <key>` (or `Token`); ApplicationError 401, or 429
+    once the caller's address has failed too often (counted as the API's other views count it:
+    throttling.unauthenticated_hit)."""
     scheme, _, raw = (authorization or "").strip().partition(" ")
     raw = raw.strip()
-    if scheme.lower() not in ("bearer", "token") or not raw or " " in raw:
+    try:
+        if scheme.lower() not in ("bearer", "token") or not raw or " " in raw:
+            raise ApplicationError(
+                "not_authenticated", "use the header Authorization: Bearer <API key>", status=401
+            )
+        return await run_sync(key_authenticate, raw)
+    except ApplicationError:
+        if scope is not None:
+            await run_sync(_count_refusal, scope)
+        raise
+
+
+def _count_refusal(scope) -> None:
+    try:
+        unauthenticated_hit(_AsgiRequest(scope))
+    except Throttled as exc:
         raise ApplicationError(
-            "not_authenticated", "use the header Authorization: Bearer <API key>", status=401
+            "rate_limited",
+            "too many requests; retry later",
+            status=429,
+            retry_after=int((exc.wait or 1) + 0.999),
+        ) from None
+
+
+class _AsgiRequest:
+    """What infra.client_ip reads of a request, from an ASGI scope."""
+
+    def __init__(self, scope):
+        host = (scope.get("client") or ("", 0))[0]
+        self.META = {"REMOTE_ADDR": host}
+        forwarded = _header(scope, b"x-forwarded-for")
+        if forwarded is not None:
+            self.META["HTTP_X_FORWARDED_FOR"] = forwarded
+
+
+@contextlib.asynccontextmanager
+async def admitted(key):
+    """A live answer for `key`'s client: counted against the key's read rate (one per stream
+    or subscription opened, SVC_READ_RATE, in Redis across processes) and against
+    SVC_LIVE_PER_CLIENT held open at once in this process; 429 past either."""
+    wait = await run_sync(take, scope=ReadThrottle.scope, ident=key.pk, rate=settings.SVC_READ_RATE)
+    if wait is not None:
+        raise ApplicationError(
+            "rate_limited",
+            "too many requests; retry later",
+            status=429,
+            retry_after=int(wait + 0.999),
         )
-    return await run_sync(key_authenticate, raw)
+    user_id = key.user_id
+    if _held.get(user_id, 0) >= settings.SVC_LIVE_PER_CLIENT:
+        raise ApplicationError(
+            "too_many_streams",
+            f"at most {settings.SVC_LIVE_PER_CLIENT} live answers at once per client and server; "
+            "close one, or wait for one to end",
+            status=429,
+            retry_after=1,
+        )
+    _held[user_id] = _held.get(user_id, 0) + 1
+    try:
+        yield
+    finally:
+        _held[user_id] -= 1
+        if not _held[user_id]:
+            del _held[user_id]
+
+
+# Live answers held open now in this process, per client (admitted()).
+_held: dict[int, int] = {}
 
 
 async def _send_json(send, status: int, body: dict, headers: list | None = None) -> None:
@@ -247,6 +314,8 @@ async def _send_json(send, status: int, body: dict, headers: list | None = None)
 
 async def _send_error(send, exc: ApplicationError) -> None:
     headers = [(b"www-authenticate", b'Bearer realm="api"')] if exc.status == 401 else []
+    if exc.extra.get("retry_after"):
+        headers.append((b"retry-after", str(exc.extra["retry_after"]).encode()))
     await _send_json(send, exc.status, exc.body(), headers)
 
 
@@ -272,27 +341,36 @@ async def events_app(scope, receive, send, request_id: str) -> None:
             [(b"allow", b"GET")],
         )
         return
-    try:
-        key = await authenticate(_header(scope, b"authorization"))
-        stream = request_stream(
-            request_id=request_id,
-            user_id=key.user_id,
-            last_event_id=_header(scope, b"last-event-id"),
-        )
-        first = await anext(stream)
-    except StopAsyncIteration:  # resumed after the last event of a request that ended
-        await send({"type": "http.response.start", "status": 204, "headers": []})
-        await send({"type": "http.response.body", "body": b""})
-        return
-    except ApplicationError as exc:
-        await _send_error(send, exc)
-        return
-    except Exception as exc:
-        logger.warning("events stream could not start id=%s: %s", request_id, type(exc).__name__)
-        await _send_error(
-            send, ApplicationError("unavailable", "retry shortly", status=503, retry_after=1)
-        )
-        return
+    async with contextlib.AsyncExitStack() as held:
+        try:
+            key = await authenticate(_header(scope, b"authorization"), scope)
+            await held.enter_async_context(admitted(key))
+            stream = request_stream(
+                request_id=request_id,
+                user_id=key.user_id,
+                last_event_id=_header(scope, b"last-event-id"),
+            )
+            held.push_async_callback(stream.aclose)
+            first = await anext(stream)
+        except StopAsyncIteration:  # resumed after the last event of a request that ended
+            await send({"type": "http.response.start", "status": 204, "headers": []})
+            await send({"type": "http.response.body", "body": b""})
+            return
+        except ApplicationError as exc:
+            await _send_error(send, exc)
+            return
+        except Exception as exc:
+            logger.warning(
+                "events stream could not start id=%s: %s", request_id, type(exc).__name__
+            )
+            await _send_error(
+                send, ApplicationError("unavailable", "retry shortly", status=503, retry_after=1)
+            )
+            return
+        await _stream(send, receive, stream, first)
+
+
+async def _stream(send, receive, stream, first: Event | None) -> None:
     await send(
         {
             "type": "http.response.start",
@@ -312,8 +390,10 @@ async def events_app(scope, receive, send, request_id: str) -> None:
         while not gone.done():
             nxt = asyncio.ensure_future(anext(stream))
             await asyncio.wait({nxt, gone}, return_when=asyncio.FIRST_COMPLETED)
-            if not nxt.done():
+            if not nxt.done():  # the client left: stop the stream where it waits
                 nxt.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await nxt  # so that closing the generator finds it at rest
                 break
             try:
                 event = nxt.result()
@@ -327,7 +407,6 @@ async def events_app(scope, receive, send, request_id: str) -> None:
     finally:
         LIVE.labels("sse").dec()
         gone.cancel()
-        await stream.aclose()
 
 
 def wait_seconds(prefer: str | None) -> int | None:
@@ -390,7 +469,7 @@ async def wait_app(scope, receive, send, inner: Callable[..., Awaitable], second
 async def _wait_for_end(scope, receive, request_id: str, seconds: int) -> str | None:
     """The request's representation once terminal or after `seconds`; None if the client
     disconnected first."""
-    key = await authenticate(_header(scope, b"authorization"))
+    key = await authenticate(_header(scope, b"authorization"), scope)
     gone = asyncio.ensure_future(_until_disconnect(receive))
 
     async def follow() -> None:

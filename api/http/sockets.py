@@ -23,7 +23,7 @@ import logging
 from channels.generic.websocket import AsyncWebsocketConsumer
 
 from api.errors import ApplicationError
-from api.http.live import LIVE, Draining, authenticate, request_stream
+from api.http.live import LIVE, Draining, admitted, authenticate, request_stream
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +37,7 @@ CLOSE_UNAUTHENTICATED = 4401
 class RequestEventsConsumer(AsyncWebsocketConsumer):
     async def connect(self):
         self.user_id = None
+        self.key = None
         self.streams: dict[str, asyncio.Task] = {}
         self.auth_timer = None
         header = None
@@ -45,11 +46,11 @@ class RequestEventsConsumer(AsyncWebsocketConsumer):
                 header = value.decode("latin-1")
         if header is not None:
             try:
-                key = await authenticate(header)
+                key = await authenticate(header, self.scope)
             except ApplicationError:
                 await self.close(code=CLOSE_UNAUTHENTICATED)
                 return
-            self.user_id = key.user_id
+            self.key, self.user_id = key, key.user_id
         await self.accept()
         LIVE.labels("websocket").inc()
         self.counted = True
@@ -103,12 +104,14 @@ class RequestEventsConsumer(AsyncWebsocketConsumer):
             return
         key = message.get("key")
         try:
-            found = await authenticate(f"Bearer {key}" if isinstance(key, str) else None)
+            found = await authenticate(
+                f"Bearer {key}" if isinstance(key, str) else None, self.scope
+            )
         except ApplicationError as exc:
             await self._error(exc.code, exc.message)
             await self.close(code=CLOSE_UNAUTHENTICATED)
             return
-        self.user_id = found.user_id
+        self.key, self.user_id = found, found.user_id
         if self.auth_timer is not None:
             self.auth_timer.cancel()
         await self.send(text_data=json.dumps({"type": "authenticated"}))
@@ -137,23 +140,8 @@ class RequestEventsConsumer(AsyncWebsocketConsumer):
 
     async def _follow(self, request_id: str, stream):
         try:
-            subscribed = False
-            async for event in stream:
-                if not subscribed:
-                    subscribed = True
-                    await self.send(
-                        text_data=json.dumps({"type": "subscribed", "request_id": request_id})
-                    )
-                if event is None:
-                    continue  # WebSocket pings keep the connection; nothing to send
-                await self.send(
-                    text_data=(
-                        f'{{"type":"event","request_id":{json.dumps(request_id)},'
-                        f'"id":{json.dumps(event.id)},"event":{json.dumps(event.kind)},'
-                        f'"data":{event.data}}}'
-                    )
-                )
-            await self.send(text_data=json.dumps({"type": "ended", "request_id": request_id}))
+            async with admitted(self.key):
+                await self._relay(request_id, stream)
         except ApplicationError as exc:
             await self._error(exc.code, exc.message, request_id=request_id)
         except Draining:
@@ -171,6 +159,25 @@ class RequestEventsConsumer(AsyncWebsocketConsumer):
             self.streams.pop(request_id, None)
             with contextlib.suppress(Exception):
                 await stream.aclose()
+
+    async def _relay(self, request_id: str, stream) -> None:
+        subscribed = False
+        async for event in stream:
+            if not subscribed:
+                subscribed = True
+                await self.send(
+                    text_data=json.dumps({"type": "subscribed", "request_id": request_id})
+                )
+            if event is None:
+                continue  # WebSocket pings keep the connection; nothing to send
+            await self.send(
+                text_data=(
+                    f'{{"type":"event","request_id":{json.dumps(request_id)},'
+                    f'"id":{json.dumps(event.id)},"event":{json.dumps(event.kind)},'
+                    f'"data":{event.data}}}'
+                )
+            )
+        await self.send(text_data=json.dumps({"type": "ended", "request_id": request_id}))
 
     async def _error(self, code: str, message: str, **extra):
         with contextlib.suppress(Exception):

@@ -170,6 +170,37 @@ def test_a_queued_request_shows_its_place_in_the_queue_and_the_stream_follows_it
     assert seen[-1]["status"] == "succeeded" and seen[-1]["queue_position"] is None
 
 
+def test_live_answers_are_limited_per_client_and_bad_keys_per_address(stack):
+    live = stack(SVC_LIVE_PER_CLIENT="1", SVC_ANON_RATE="3/min")
+    live.start_api(workers=1, threads=4)
+    alice = live.client("alice", credits=20)
+    one = alice.post("/svc/text/slow/", json={"text": "one"}).json()
+    two = alice.post("/svc/text/slow/", json={"text": "two"}).json()
+    with alice.stream("GET", one["urls"]["events"], timeout=30) as first:
+        assert first.status_code == 200
+        lines = first.iter_lines()  # kept: dropping the iterator would close the connection
+        next(lines)  # the stream is open (and held)
+        second = alice.get(two["urls"]["events"])
+        assert second.status_code == 429
+        assert second.json()["error"]["code"] == "too_many_streams"
+        assert second.headers["retry-after"] == "1"
+    # Once the first is closed, a stream may open again.
+    wait_until(lambda: _opens(alice, two["urls"]["events"]), what="a stream once the first closed")
+    # Bad keys: 401 until the address has failed SVC_ANON_RATE times, then 429.
+    codes = [
+        httpx.get(
+            live.url + one["urls"]["events"], headers={"Authorization": "Bearer svc_live_nope"}
+        ).status_code
+        for _ in range(5)
+    ]
+    assert codes[:3] == [401, 401, 401] and codes[-1] == 429
+
+
+def _opens(client: httpx.Client, url: str) -> bool:
+    with client.stream("GET", url, timeout=30) as response:
+        return response.status_code == 200
+
+
 def test_the_websocket_subscription_gets_the_same_events(live):
     alice = live.client("alice", credits=20)
     request = alice.post("/svc/text/slow/", json={"text": "ws"}).json()

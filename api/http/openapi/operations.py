@@ -326,7 +326,7 @@ def _events_operation(request_id: dict) -> dict:
             },
             "204": _answer("Resumed after the last event of a request that has ended"),
         },
-        codes={404: ["not_found"]},
+        codes={404: ["not_found"], 429: ["too_many_streams"]},
         parameters=(request_id, ref("LastEventId", "parameters")),
     )
 

@@ -32,6 +32,7 @@ CODES = {
     "length_required": "a chunked body this server cannot read: send a Content-Length",
     "payload_too_large": "the body is larger than `limit` bytes",
     "rate_limited": "too many requests: retry after `Retry-After` seconds",
+    "too_many_streams": "SVC_LIVE_PER_CLIENT live answers already open on this server",
     "unavailable": "a backing store did not answer; nothing was done, retry shortly",
 }
 IDEMPOTENCY_CODES = {400: ["invalid_idempotency_key"]}
@@ -61,7 +62,7 @@ SHARED_ERRORS = {
     "Unavailable": (503, ["unavailable"]),
 }
 # The codes whose answers carry Retry-After.
-RETRY_AFTER_CODES = {"rate_limited", "idempotency_in_progress"}
+RETRY_AFTER_CODES = {"rate_limited", "idempotency_in_progress", "too_many_streams"}
 
 
 # --- schemas -------------------------------------------------------------------------------
