@@ -5,7 +5,7 @@ import re
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.core.validators import MaxValueValidator, MinValueValidator
+from django.core.validators import MaxValueValidator, MinValueValidator, RegexValidator
 from django.db import models
 
 from api import deal_rules, defaults
@@ -186,6 +186,21 @@ class ServiceOffer(models.Model):
         help_text="A credential set of the service_map config overriding the handler's "
         "default (e.g. a second account of the same provider); empty: the handler's",
     )
+    model_name = models.CharField(
+        max_length=100,
+        unique=True,
+        null=True,
+        blank=True,
+        default=None,
+        validators=[
+            RegexValidator(
+                r"^[A-Za-z0-9][A-Za-z0-9._:/-]*$",
+                "letters, digits and . _ : / - (starting with a letter or digit)",
+            )
+        ],
+        help_text="Exposes the offer as this model on the OpenAI-compatible gateway "
+        "(GET /v1/models lists it to the keys allowed to call the offer); empty: not a model",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -202,6 +217,7 @@ class ServiceOffer(models.Model):
         return f"{self.service}/{self.action}"
 
     def clean(self) -> None:
+        self.model_name = self.model_name or None  # a blank admin field: not a model (unique)
         # Field validators skip "empty" values such as [] or None; params must be an object.
         if not isinstance(self.params, dict):
             raise ValidationError({"params": "params must be a JSON object"})

@@ -19,7 +19,7 @@ from api.documents import (
     SUCCEEDED,
     ServiceRequest,
 )
-from api.keys import ApiKey
+from api.keys import ApiKey, pattern_allows
 from api.models import Account, LedgerEntry, ServiceDeal, ServiceOffer, UsageRecord
 from api.services.requests import request_children
 from api.shapes import request_repr
@@ -36,6 +36,31 @@ def offer_get_active(*, service: str, action: str) -> ServiceOffer | None:
 
 def offer_list_active() -> list[ServiceOffer]:
     return list(ServiceOffer.objects.select_related("handler").filter(is_active=True))
+
+
+def model_list_for_key(*, key: ApiKey | None) -> list[ServiceOffer]:
+    """The active offers exposed as models (`model_name`) that `key` may call, by name."""
+    offers = ServiceOffer.objects.filter(is_active=True, model_name__isnull=False)
+    return [
+        offer
+        for offer in offers.order_by("model_name")
+        if key is None or pattern_allows(key.allowed, f"{offer.service}/{offer.action}")
+    ]
+
+
+def model_get_for_key(*, model: str, key: ApiKey | None) -> ServiceOffer | None:
+    """The active offer exposed as `model`, if `key` may call it; None otherwise (a model a
+    key may not use does not exist for it)."""
+    offer = (
+        ServiceOffer.objects.select_related("handler")
+        .filter(is_active=True, model_name=model)
+        .first()
+    )
+    if offer is None:
+        return None
+    if key is not None and not pattern_allows(key.allowed, f"{offer.service}/{offer.action}"):
+        return None
+    return offer
 
 
 def deal_get_active(*, name: str) -> ServiceDeal | None:

@@ -8,6 +8,8 @@ from infra.metrics import metrics_view
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("svc/", include("api.http.urls")),
+    # The OpenAI-compatible gateway (api/http/gateway.py).
+    path("v1/", include("api.http.gateway_urls")),
     # The OpenAPI document and Swagger UI, public (api/http/openapi.py).
     path("api/schema/", SchemaView.as_view(), name="api-schema"),
     path("api/docs/", DocsView.as_view(), name="api-docs"),

@@ -78,6 +78,7 @@ class ServiceOfferForm(forms.ModelForm):
             "max_retries",
             "fallbacks",
             "credentials",
+            "model_name",
         ]
         widgets = {
             "prompt_template": forms.Textarea(attrs={"rows": 4}),
@@ -150,6 +151,7 @@ class ServiceOfferAdmin(admin.ModelAdmin):
                 "Resilience: retries, fallbacks, credentials",
                 {"fields": ["max_retries", "fallbacks", "credentials"]},
             ),
+            ("OpenAI-compatible gateway (/v1/)", {"fields": ["model_name"]}),
             (None, {"fields": ["description", "is_active"]}),
         ]
 

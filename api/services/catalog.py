@@ -59,9 +59,10 @@ OFFER_FIELDS = {
     "max_retries": ("integer or null", False),
     "fallbacks": ("list", False),
     "credentials": ("string", False),
+    "model_name": ("string", False),
 }
 # Offer fields exported only when set, so catalogs written before they existed export as before.
-OFFER_FIELDS_IF_SET = ("max_retries", "fallbacks", "credentials")
+OFFER_FIELDS_IF_SET = ("max_retries", "fallbacks", "credentials", "model_name")
 
 
 # --- export ---------------------------------------------------------------------------------
@@ -145,7 +146,7 @@ def _plan_handlers(items: list, report: ImportReport) -> list[_Planned]:
 
 
 def _plan_offers(items: list, file_handler_ids: set, report: ImportReport) -> list[_Planned]:
-    planned, seen = [], {}
+    planned, seen, models = [], {}, {}
     db_handler_ids = set(ServiceHandler.objects.values_list("id", flat=True))
     for item in _items("offers", items, report):
         checked = _typed_fields(item, OFFER_FIELDS, ServiceOffer)
@@ -157,6 +158,14 @@ def _plan_offers(items: list, file_handler_ids: set, report: ImportReport) -> li
             lookup = {"service": values["service"], "action": values["action"]}
             if _refuse_duplicate(item, (values["service"], values["action"]), seen):
                 continue
+        if values.get("model_name"):
+            name = values["model_name"]
+            if name in models:
+                item.problem(
+                    f"model_name {name!r} is also {models[name]}'s; a model names one offer",
+                    "model_name",
+                )
+            models.setdefault(name, item.where)
         if "handler" in values:
             _check_handler_ref(item, values["handler"], file_handler_ids | db_handler_ids)
         _check_fallback_rows(item, values.get("fallbacks"), file_handler_ids | db_handler_ids)

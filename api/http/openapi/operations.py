@@ -271,6 +271,7 @@ def fixed_paths() -> dict[str, dict]:
                 post=True,
             )
         },
+        **gateway_paths(),
         "/svc/account/webhook/": {
             "get": _operation(
                 "webhook_get", "webhooks", "Your default webhook", {"200": _answer("It", webhook)}
@@ -295,6 +296,49 @@ def fixed_paths() -> dict[str, dict]:
                 {"200": _answer("It", webhook)},
                 codes={403: ["forbidden"]},
             ),
+        },
+    }
+
+
+def gateway_paths() -> dict[str, dict]:
+    """The OpenAI-compatible gateway's operations; errors in OpenAI's shape."""
+
+    def errors(*statuses: int) -> dict:
+        shaped = _answer("OpenAI's error shape", ref("OpenAIError"))
+        return {str(status): shaped for status in statuses}
+
+    def operation(operation_id: str, summary: str, answer: dict, *statuses, **more) -> dict:
+        return {
+            "operationId": operation_id,
+            "tags": ["gateway"],
+            "summary": summary,
+            **more,
+            "responses": {"200": answer, **errors(401, *statuses, 429, 503)},
+            "security": KEY_REQUIRED,
+        }
+
+    model = {
+        "name": "model",
+        "in": "path",
+        "required": True,
+        "schema": string(minLength=1, maxLength=100),
+    }
+    return {
+        "/v1/models": {
+            "get": operation(
+                "gateway_models",
+                "The models (offers with a model_name) your key may call",
+                _answer("The models", ref("ModelList")),
+            )
+        },
+        "/v1/models/{model}": {
+            "get": operation(
+                "gateway_model",
+                "One model; 404 model_not_found for one your key may not call",
+                _answer("The model", ref("Model")),
+                404,
+                parameters=[model],
+            )
         },
     }
 

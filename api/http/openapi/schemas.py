@@ -311,6 +311,30 @@ SCHEMAS = {
     "Webhook": WEBHOOK,
     "WebhookSet": WEBHOOK_SET,
     "WebhookSecret": WEBHOOK_SECRET,
+    # The gateway (/v1/): OpenAI's shapes.
+    "Model": object_schema(
+        {
+            "id": string("the offer's model_name"),
+            "object": {"const": "model"},
+            "created": INTEGER,
+            "owned_by": string(),
+        }
+    ),
+    "ModelList": object_schema(
+        {"object": {"const": "list"}, "data": {"type": "array", "items": ref("Model")}}
+    ),
+    "OpenAIError": object_schema(
+        {
+            "error": object_schema(
+                {
+                    "message": string(),
+                    "type": string("e.g. invalid_request_error, rate_limit_error"),
+                    "param": {"type": ["string", "null"]},
+                    "code": {"type": ["string", "null"]},
+                }
+            )
+        }
+    ),
 }
 
 
