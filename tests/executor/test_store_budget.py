@@ -8,12 +8,14 @@ second, connection health checks) is left out. MongoDB: by difference, one burst
 request against one of 1 + EXTRA, both after a warm-up run.
 """
 
+import hashlib
 import threading
 from collections import Counter
 
 import pytest
 from django.conf import settings
 
+from executor import resources
 from tests.helpers import run_concurrent_worker, submit
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -97,12 +99,19 @@ def test_one_executed_request_stays_within_its_store_budget(alice_api, make_offe
     _, _, one_writes, one_reads = _measure(alice_api, 1, 100)
     ids, commands, many_writes, many_reads = _measure(alice_api, 1 + EXTRA, 200)
 
+    # A lease renewal is driven by the clock (every lease_ttl / RENEWALS_PER_TTL seconds a
+    # call lasts), not by the request: a loaded machine makes a call last long enough now and
+    # then. Counted apart.
+    renewal = f"EVALSHA {hashlib.sha1(resources.RENEW_LUA.encode()).hexdigest()} "
     for request_id in ids:
-        own = [c for c in commands if request_id in c]
+        own = [c for c in commands if request_id in c and not c.startswith(renewal)]
         detail = ", ".join(
             f"{n} {name}" for name, n in sorted(Counter(c.split()[0] for c in own).items())
         )
-        assert len(own) <= JOB_COMMANDS_BUDGET, f"{len(own)} commands name the job: {detail}"
+        scripts = [c[:120] for c in own if c.startswith("EVALSHA")]
+        assert len(own) <= JOB_COMMANDS_BUDGET, (
+            f"{len(own)} commands name the job: {detail}; scripts: {scripts}"
+        )
         assert len(own) >= 10, own  # the monitor sees the job's commands at all
     looks = [c for c in commands if c.split()[0] in POPS and "rq:queue:" in c]
     assert len(looks) <= DEQUEUE_COMMANDS_BUDGET * len(ids) + 1, looks  # + the run's last look
