@@ -192,10 +192,14 @@ def _text(value) -> str:
 
 
 _hub: Hub | None = None
+_stopping = False
 
 
 def drain() -> None:
-    """Called by the worker when it is told to stop (marketplace/asgi_worker.py)."""
+    """Called by the worker when it is told to stop (marketplace/asgi_worker.py). A hub made
+    afterwards (a live answer that had not watched yet) is born draining."""
+    global _stopping
+    _stopping = True
     if _hub is not None:
         _hub.drain()
 
@@ -205,4 +209,6 @@ def hub() -> Hub:
     global _hub
     if _hub is None:
         _hub = Hub(settings.REDIS_URL)
+        if _stopping:
+            _hub.drain()
     return _hub
