@@ -75,6 +75,17 @@ class ServiceRequest(Document):
     finished_at = DateTimeField(null=True)
     expires_at = DateTimeField(null=True)
     events = ListField(DictField())
+    # A gateway call (/v1/chat/completions, api/chat.py): the upstream's body without its
+    # model (JSON text: a tool's JSON schema may hold keys MongoDB refuses, such as "$ref"),
+    # whether the client streams, and the meter: {"model", "price_per_1k_input",
+    # "price_per_1k_output", "hold", "input_tokens", "max_output", "include_usage"}. At its end
+    # the executor records `usage` (OpenAI's, plus "source": upstream | relayed) and `charge`,
+    # the credits settlement captures (the rest of the hold is released).
+    chat = StringField(null=True)
+    stream = BooleanField(default=False)
+    meter = DictField(null=True, default=None)
+    usage = DictField(null=True, default=None)
+    charge = IntField(null=True)
     # {"url": …, "events": ["start", "completed"]}: where the client is told (webhooks/)
     webhook = DictField(null=True, default=None)
     # Deals: the parent (kind "deal") lists its children's ids in order; it has no handler and

@@ -56,6 +56,35 @@ return id
 """
 
 
+# A gateway call's chunks (issue 18), published by its executor as the upstream streams them:
+# every one is kept in the Stream `svc:chat:<id>` (for a client that comes late or again: an
+# Idempotency-Key replay), for CHUNKS_SECONDS after the last, and PUBLISHed on CHANNEL with type
+# `chunk` — after the request's own events on the same channel, in order: an API process hears
+# a call's last chunk before the status that ends it. KEYS: the chunk stream. ARGV: the request
+# id, the chunk's JSON, the seconds, the channel.
+CHUNK, CHUNK_PREFIX, CHUNKS_SECONDS = "chunk", "svc:chat:", 300
+_PUBLISH_CHUNK = """
+local id = redis.call('XADD', KEYS[1], '*', 'd', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+redis.call('PUBLISH', ARGV[4], ARGV[1] .. ' ' .. id .. ' chunk ' .. ARGV[2])
+return id
+"""
+
+
+def chunk_key(request_id: str) -> str:
+    return f"{CHUNK_PREFIX}{request_id}"
+
+
+def chunk_publisher(client):
+    """`await publish(request_id, data)` on an asyncio Redis `client` (the executor's loop)."""
+    script = client.register_script(_PUBLISH_CHUNK)
+
+    async def publish(request_id: str, data: str) -> None:
+        await script(keys=[chunk_key(request_id)], args=[request_id, data, CHUNKS_SECONDS, CHANNEL])
+
+    return publish
+
+
 def stream_key(request_id: str) -> str:
     return f"{STREAM_PREFIX}{request_id}"
 

@@ -42,7 +42,8 @@ def validate_params(value) -> None:
         raise ValidationError("params must be a JSON object")
 
 
-FALLBACK_KEYS = ("handler", "params", "credentials")
+FALLBACK_KEYS = ("handler", "params", "credentials", "resource")
+RESOURCE_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
 def validate_credential_name(value: str) -> None:
@@ -89,6 +90,12 @@ def _check_fallback(where: str, entry) -> None:
         raise ValidationError(f"{where}: {exc.messages[0]}") from None
     if "params" in entry and not isinstance(entry["params"], dict):
         raise ValidationError(f"{where}: params must be a JSON object")
+    if "resource" in entry and (
+        not isinstance(entry["resource"], str) or not RESOURCE_NAME.match(entry["resource"])
+    ):
+        raise ValidationError(
+            f"{where}: resource must be a resource name (letters, digits, _ and -)"
+        )
     if "credentials" in entry:
         if not isinstance(entry["credentials"], str):
             raise ValidationError(f"{where}: credentials must be a credential set name")
@@ -176,7 +183,8 @@ class ServiceOffer(models.Model):
         validators=[validate_fallbacks],
         help_text="Handlers tried in order when this one's breaker is open or its retries are "
         'spent, e.g. ["http.post"] or [{"handler": "openai.chat", "credentials": "backup", '
-        "\"params\": {...}}] (params default to the offer's); charged the offer's price",
+        '"params": {...}, "resource": "openai-backup"}] (params default to the offer\'s; '
+        "resource: its own limits and circuit breaker); charged the offer's price",
     )
     credentials = models.CharField(
         max_length=64,
@@ -201,6 +209,18 @@ class ServiceOffer(models.Model):
         help_text="Exposes the offer as this model on the OpenAI-compatible gateway "
         "(GET /v1/models lists it to the keys allowed to call the offer); empty: not a model",
     )
+    # Metered prices (gateway calls, api/metering.py): on top of `price`, credits per 1,000
+    # input and output tokens, the sum rounded up once per request.
+    price_per_1k_input = models.PositiveIntegerField(
+        default=0,
+        help_text="Credits per 1,000 input (prompt) tokens of a /v1/chat/completions call, "
+        "on top of the fixed price; 0: not metered",
+    )
+    price_per_1k_output = models.PositiveIntegerField(
+        default=0,
+        help_text="Credits per 1,000 output (completion) tokens; intake holds max_tokens' worth "
+        "and the end captures what was used",
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
 
@@ -216,8 +236,19 @@ class ServiceOffer(models.Model):
     def __str__(self) -> str:
         return f"{self.service}/{self.action}"
 
+    @property
+    def metered(self) -> bool:
+        return bool(self.price_per_1k_input or self.price_per_1k_output)
+
     def clean(self) -> None:
         self.model_name = self.model_name or None  # a blank admin field: not a model (unique)
+        if self.metered and not self.model_name:
+            raise ValidationError(
+                {
+                    "model_name": "an offer with per-token prices is called on the gateway "
+                    "(/v1/chat/completions): give it a model_name"
+                }
+            )
         # Field validators skip "empty" values such as [] or None; params must be an object.
         if not isinstance(self.params, dict):
             raise ValidationError({"params": "params must be a JSON object"})
@@ -249,7 +280,9 @@ class ServiceOffer(models.Model):
                 "params": entry.get("params", self.params or {}),
                 "credentials": entry.get("credentials") or None,
                 "credits": credits.get(entry["handler"], 0),
-                "resource": route_for_handler(entry["handler"])[0],
+                # Its own resource (a second provider's limits and circuit breaker), else
+                # its handler's.
+                "resource": entry.get("resource") or route_for_handler(entry["handler"])[0],
             }
             for entry in entries
         ]

@@ -3,6 +3,7 @@ what every event about a request carries (api/events.py), wherever the change wa
 
 from datetime import datetime
 
+from api.chat import completion_id
 from api.documents import QUEUED, ServiceRequest
 
 
@@ -51,6 +52,18 @@ def request_repr(
         "parent": request.parent,
         "cancel_requested": bool(request.cancel_requested),
     }
+    if request.meter:  # a gateway call (/v1/chat/completions, api/chat.py)
+        meter = request.meter
+        body["gateway"] = {
+            "model": meter.get("model"),
+            "stream": bool(request.stream),
+            "include_usage": bool(meter.get("include_usage")),
+            "completion_id": completion_id(request.id),
+            "created": int(request.created_at.timestamp()),
+            "held": meter.get("hold"),
+            "usage": request.usage or None,
+            "charged": request.charge,
+        }
     if request.kind == "deal":
         body["addons"] = list(request.addons)
     if request.parent:

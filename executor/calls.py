@@ -73,6 +73,11 @@ class HandlerCall:
     # Resolved by the executor for this try: the handler's defaults, the config's, the
     # offer's `params.timeout`, all capped by the time left before the job's deadline.
     timeouts: Timeouts = field(default_factory=Timeouts)
+    # A gateway call (/v1/chat/completions): the client's OpenAI body as the upstream gets it
+    # (the route's model is set by the handler), and its executor.relay.ChatRelay, which takes
+    # the output to the client and counts it. None for every other call.
+    chat: dict | None = None
+    relay: Any = field(default=None, repr=False, compare=False)
 
 
 @dataclass(frozen=True)

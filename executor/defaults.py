@@ -89,6 +89,8 @@ UPSTREAM_MESSAGE_LIMIT = 200
 # executor's concurrency (1,000 calls in flight to one upstream in `make bench`: 512 queued
 # half of them inside httpx).
 HTTP_MAX_CONNECTIONS = 2048
+# Connections of the loop's asyncio Redis client (a gateway call's chunks: one script each).
+REDIS_ASYNC_CONNECTIONS = 32
 # Shared HTTP clients, used in turn. httpcore's pool looks at every connection it holds (a
 # syscall or two each) whenever a request starts or ends, and counts its idle connections
 # once per idle connection: at 200 calls in flight one pool spent a third of the executor's

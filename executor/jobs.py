@@ -18,6 +18,7 @@ from django.conf import settings
 from rq import Retry, get_current_job
 from rq.timeouts import JobTimeoutException
 
+from api.chat import charge_for
 from api.documents import QUEUED, TERMINAL, ServiceRequest
 from api.selectors import request_get
 from api.services.deals import deal_child_started
@@ -25,6 +26,8 @@ from api.services.requests import (
     now,
     request_expire,
     request_fail,
+    request_metered,
+    request_note_try,
     request_requeue,
     request_start,
     request_succeed,
@@ -33,6 +36,7 @@ from api.services.settlement import Usage, request_settle
 from executor import defaults, resources, routes, runtime
 from executor import metrics as executor_metrics
 from executor.handlers import HandlerError, UnknownHandler, get_handler
+from executor.relay import ChatRelay
 from infra import logs
 
 logger = logging.getLogger(__name__)
@@ -111,14 +115,47 @@ def _run_request(request_id: str) -> str | Retry:
 
 def _execute(request: ServiceRequest, handler, resource, grant) -> str | Retry:
     request_id = request.id
+    relay = _relay(request)
     try:
-        outcome = runtime.run(execute(request, handler, resource, grant))
+        outcome = runtime.run(execute(request, handler, resource, grant, relay=relay))
     except runtime.HandedBack:
+        if relay is not None and relay.close():  # output was sent: another run would repeat it
+            _meter(request, relay, succeeded=False)
+            return _finish(
+                request_fail(
+                    request_id=request_id,
+                    code="interrupted",
+                    message="the executor stopped while the call streamed",
+                    current=request,
+                ),
+                grant=grant,
+            )
         request_requeue(
             request_id=request_id, note="handed back by a stopping executor", current=request
         )
         logger.warning("request handed back id=%s", request_id)
         return _retry(0)
+    except BaseException:
+        _meter(request, relay, succeeded=False)
+        return _ended_badly(request, grant)
+    _meter(request, relay, succeeded=True)
+    return _finish(
+        request_succeed(
+            request_id=request_id,
+            results=outcome.results,
+            current=request,
+            handler_used=outcome.handler_used,
+            tries=outcome.tries,
+        ),
+        grant=grant,
+    )
+
+
+def _ended_badly(request: ServiceRequest, grant) -> str:
+    """The outcome of an execution that raised (called from its except block)."""
+    request_id = request.id
+    try:
+        raise
     except runtime.Canceled:
         return _finish(
             request_fail(
@@ -157,16 +194,65 @@ def _execute(request: ServiceRequest, handler, resource, grant) -> str | Retry:
             ),
             grant=grant,
         )
-    return _finish(
-        request_succeed(
-            request_id=request_id,
-            results=outcome.results,
-            current=request,
-            handler_used=outcome.handler_used,
-            tries=outcome.tries,
-        ),
-        grant=grant,
+
+
+def _relay(request: ServiceRequest) -> ChatRelay | None:
+    """A gateway call's relay (executor/relay.py); None for every other request."""
+    if not request.meter:
+        return None
+    return ChatRelay(
+        request.id,
+        model=request.meter.get("model") or "",
+        publish=request.stream,
+        created=int(request.created_at.timestamp()),
     )
+
+
+def _meter(request: ServiceRequest, relay: ChatRelay | None, *, succeeded: bool) -> None:
+    """Record what a gateway call used and costs (api/chat.py) before it ends: the upstream's
+    usage, else the input counted at intake and the output relayed."""
+    if relay is None:
+        return
+    relayed = relay.close()
+    meter = request.meter
+    if relay.usage and isinstance(relay.usage.get("completion_tokens"), int):
+        usage = {**relay.usage, "source": "upstream"}
+    else:
+        prompt = meter.get("input_tokens") or 0
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": relayed,
+            "total_tokens": prompt + relayed,
+            "source": "relayed",
+        }
+    charge, overrun = charge_for(meter, usage, succeeded=succeeded)
+    try:
+        request_metered(request=request, usage=usage, charge=charge)
+    except Exception:  # the call still ends; it is not charged beyond its fixed price
+        logger.exception("usage not recorded id=%s", request.id)
+        return
+    if charge:
+        source = usage["source"]
+        executor_metrics.GATEWAY_TOKENS.labels("input", source).inc(usage["prompt_tokens"] or 0)
+        executor_metrics.GATEWAY_TOKENS.labels("output", source).inc(
+            usage["completion_tokens"] or 0
+        )
+    if overrun:
+        executor_metrics.GATEWAY_OVERRUN.inc(overrun)
+        logger.warning(
+            "gateway call cost more than its hold id=%s hold=%s overrun=%s",
+            request.id,
+            meter["hold"],
+            overrun,
+        )
+        request_note_try(
+            request_id=request.id,
+            note=f"the call cost {overrun} credits more than its hold of {meter['hold']}; "
+            "the hold is captured, no more",
+            tries=0,
+            code="overrun",
+            overrun=overrun,
+        )
 
 
 def _acquire(request: ServiceRequest, resource):
@@ -237,11 +323,13 @@ def _finish(request: ServiceRequest | None, grant=None) -> str:
     return request.status
 
 
-async def execute(request, handler, resource, grant) -> routes.Outcome:
+async def execute(request, handler, resource, grant, relay=None) -> routes.Outcome:
     """Make the request's `create_qty` calls, at most `grant.slots` at once, with retries, the
     resource's circuit breaker and the offer's fallbacks (executor/routes.py).
 
     The first failure cancels the sibling calls (no paid upstream work for a failed request),
     and the whole execution must finish within SVC_JOB_TIMEOUT.
     """
-    return await routes.execute(request, handler, resource, grant, timeout=settings.SVC_JOB_TIMEOUT)
+    return await routes.execute(
+        request, handler, resource, grant, timeout=settings.SVC_JOB_TIMEOUT, relay=relay
+    )

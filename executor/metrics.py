@@ -60,6 +60,18 @@ FALLBACKS = Counter(
     "Requests whose primary handler was skipped or failed and a fallback was tried",
     ["resource", "reason"],
 )
+# Gateway calls (/v1/chat/completions, executor/relay.py): tokens charged, by direction
+# (input, output) and where the count came from (upstream: its `usage`; relayed: the input as
+# counted at intake and the output chunks sent), and credits a call cost beyond its hold.
+GATEWAY_TOKENS = Counter(
+    "svc_gateway_tokens_total",
+    "Tokens of the gateway's chat calls that were charged, by direction and source",
+    ["direction", "source"],
+)
+GATEWAY_OVERRUN = Counter(
+    "svc_gateway_overrun_credits_total",
+    "Credits gateway calls cost beyond what intake held (the hold is captured, no more)",
+)
 
 
 @contextlib.contextmanager

@@ -19,6 +19,7 @@ which one. A handler gets all of this by declaring its resource: it only raises 
 
 import asyncio
 import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 
@@ -76,11 +77,12 @@ def open_breaker_wait(request: ServiceRequest, resource: resources.Resource) -> 
 
 
 async def execute(
-    request: ServiceRequest, handler: Handler, resource, grant, *, timeout
+    request: ServiceRequest, handler: Handler, resource, grant, *, timeout, relay=None
 ) -> Outcome:
     """Run the request's calls on its routes (see the module doc) within `timeout` seconds;
-    `grant` holds the primary's slots and credits and is always released."""
-    run = _Run(request, asyncio.get_running_loop().time() + timeout)
+    `grant` holds the primary's slots and credits and is always released. `relay`: a gateway
+    call's (executor/relay.py), handed to each of its tries."""
+    run = _Run(request, asyncio.get_running_loop().time() + timeout, relay)
     try:
         routes = _routes(request, handler, resource)
     except BaseException:
@@ -140,10 +142,12 @@ def served_by(request: ServiceRequest) -> tuple[str, str, int]:
 class _Run:
     """One execution of a request: its deadline, and the tries not yet counted on it."""
 
-    def __init__(self, request: ServiceRequest, deadline: float):
+    def __init__(self, request: ServiceRequest, deadline: float, relay=None):
         self.request = request
         self.deadline = deadline
         self.uncounted = 0  # successful tries, counted on the request when it succeeds
+        self.relay = relay
+        self.chat = json.loads(request.chat) if request.chat else None
 
     def time_left(self) -> float:
         return self.deadline - asyncio.get_running_loop().time()
@@ -246,6 +250,8 @@ class _Run:
             index=index,
             credentials=credentials.resolve(route.handler.id, route.credentials),
             timeouts=self.timeouts(route),
+            chat=self.chat,
+            relay=self.relay,
         )
 
     def timeouts(self, route: Route):
@@ -270,6 +276,11 @@ class _Run:
                 error = _redacted(exc, secrets)
                 if error.retryable:
                     await self.record(route, call, outcome="failure")
+                if call.relay is not None and call.relay.relayed:
+                    # Output reached the client: another try (or route) would send it twice.
+                    error = _broken(error, call.relay.relayed)
+                    await self.note_failure(route, call, retries + 1, error, None)
+                    raise error from None
                 elif trial:  # says nothing of the upstream's health: the next caller tries
                     await self.record(route, call, outcome="neutral")
                 delay = (
@@ -341,6 +352,15 @@ async def _try(handler: Handler, call: HandlerCall):
             retryable=True,
             reason="timeout",
         ) from None
+
+
+def _broken(error: HandlerError, relayed: int) -> HandlerError:
+    """A streamed call that failed after some of its output was relayed: final."""
+    return HandlerError(
+        "upstream_stream_broken",
+        f"the upstream's stream broke after {relayed} chunks were relayed: {error.message}",
+        reason="broken",
+    )
 
 
 def _redacted(error: HandlerError, secrets: list[str]) -> HandlerError:

@@ -14,7 +14,9 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import redis.asyncio as aioredis
 import uvloop
+from django.conf import settings
 
 from executor import defaults
 
@@ -91,6 +93,24 @@ def http_client() -> httpx.AsyncClient:
             for _ in range(defaults.HTTP_CLIENTS)
         )
     return _clients[next(_next_client) % defaults.HTTP_CLIENTS]
+
+
+_redis = None
+
+
+def redis_client():
+    """The process's asyncio Redis client, for code running on `loop()` (a gateway call's
+    chunks, executor/relay.py); made there on first use."""
+    global _redis
+    if _redis is None:
+        # A pool that makes a caller wait for a connection (the default one raises past it).
+        pool = aioredis.BlockingConnectionPool.from_url(
+            settings.REDIS_URL,
+            max_connections=defaults.REDIS_ASYNC_CONNECTIONS,
+            timeout=defaults.HTTP_CONNECT_TIMEOUT,
+        )
+        _redis = aioredis.Redis(connection_pool=pool)
+    return _redis
 
 
 @atexit.register

@@ -10,7 +10,7 @@ upstream says before it reaches the client or the logs.
 
 import asyncio
 import functools
-from collections.abc import Iterable
+from collections.abc import AsyncIterator, Iterable
 from urllib.parse import urlsplit
 
 import httpx
@@ -84,6 +84,50 @@ async def post_json(
         raise HandlerError(
             "upstream_unreachable",
             f"could not reach the upstream ({type(exc).__name__})",
+            retryable=True,
+            reason="unreachable",
+        ) from None
+
+
+def _phases(timeouts: Timeouts) -> httpx.Timeout:
+    return httpx.Timeout(
+        timeouts.total or defaults.HTTP_TIMEOUT,
+        connect=timeouts.connect or defaults.HTTP_CONNECT_TIMEOUT,
+        read=timeouts.read or timeouts.total or defaults.HTTP_TIMEOUT,
+    )
+
+
+async def stream_sse(
+    url: str, *, payload, headers: dict, timeouts: Timeouts, secrets: Iterable[str] = ()
+) -> AsyncIterator[str]:
+    """POST `payload` as JSON and yield the `data:` of each Server-Sent Event the upstream
+    streams back (an OpenAI stream's chunks, then `[DONE]`). A non-2xx answer raises as
+    `check_status` does; a connection that fails or stalls (the read timeout between
+    events) raises a retryable error — the caller decides whether a retry may follow."""
+    try:
+        async with runtime.http_client().stream(
+            "POST", _parsed(url), json=payload, headers=headers, timeout=_phases(timeouts)
+        ) as response:
+            if not response.is_success:
+                await response.aread()
+                check_status(response, secrets=secrets)
+            data: list[str] = []
+            async for line in response.aiter_lines():
+                if line.startswith("data:"):
+                    data.append(line[5:].removeprefix(" "))
+                elif not line and data:
+                    yield "\n".join(data)
+                    data = []
+            if data:
+                yield "\n".join(data)
+    except httpx.TimeoutException:
+        raise HandlerError(
+            "upstream_timeout", "the upstream's stream stalled", retryable=True, reason="timeout"
+        ) from None
+    except (httpx.HTTPError, httpx.InvalidURL) as exc:
+        raise HandlerError(
+            "upstream_unreachable",
+            f"the upstream's stream failed ({type(exc).__name__})",
             retryable=True,
             reason="unreachable",
         ) from None

@@ -2,7 +2,8 @@
 
 - the long-lived answers on the event loop, holding no thread while they wait
   (api/http/live.py): `GET /svc/request/<id>/events/` (SSE), `Prefer: wait` on intake, and the
-  WebSocket `/ws/requests/` (Channels, api/http/sockets.py);
+  WebSocket `/ws/requests/` (Channels, api/http/sockets.py); the answers of the gateway's
+  `POST /v1/chat/completions`, streamed or whole (api/http/chat.py);
 - everything else — the DRF views, the admin, /metrics, /healthz — is the Django WSGI
   application, unchanged, run in a pool of API_THREADS threads per process (a2wsgi), as
   gunicorn's gthread workers ran it: Django's own ASGI handler would run every sync view on
@@ -28,7 +29,7 @@ from django.urls import path  # noqa: E402
 
 django_wsgi = get_wsgi_application()  # sets Django up: the modules below read models
 
-from api.http import live  # noqa: E402
+from api.http import chat, live  # noqa: E402
 from api.http.sockets import RequestEventsConsumer  # noqa: E402
 from infra.envs import envint  # noqa: E402
 
@@ -49,6 +50,9 @@ class LiveRouter:
         found = live.EVENTS_PATH.match(scope["path"])
         if found is not None:
             await live.events_app(scope, receive, send, found["request_id"])
+            return
+        if scope["path"] == chat.PATH and scope["method"] == "POST":
+            await chat.chat_app(scope, receive, send, self.sync_app)
             return
         if scope["method"] == "POST" and live.INTAKE_PATH.match(scope["path"]):
             seconds = live.wait_seconds(_header(scope, b"prefer"))

@@ -293,6 +293,12 @@ SVC_MAX_WAIT_SECONDS = envint("SVC_MAX_WAIT_SECONDS", 60)
 SVC_LIVE_PER_CLIENT = envint("SVC_LIVE_PER_CLIENT", 1000)
 # Seconds between an SSE stream's keep-alive comments (and its looks at the document).
 SVC_SSE_KEEPALIVE_SECONDS = envfloat("SVC_SSE_KEEPALIVE_SECONDS", 15.0)
+# The gateway (/v1/chat/completions, api/chat.py): max_tokens when neither the client nor the
+# offer's params say (the hold counts the output at it), the most messages and choices (`n`)
+# a call may ask for.
+SVC_CHAT_MAX_TOKENS = envint("SVC_CHAT_MAX_TOKENS", 4096)
+SVC_CHAT_MAX_MESSAGES = envint("SVC_CHAT_MAX_MESSAGES", 2048)
+SVC_CHAT_MAX_N = envint("SVC_CHAT_MAX_N", 8)
 
 # Recon's health (api/health.py): the error rate counts requests that ended within this many
 # minutes. Alerts (recon/alerts.py): a queued request older than SVC_ALERT_STUCK_SECONDS, or an

@@ -79,6 +79,8 @@ class ServiceOfferForm(forms.ModelForm):
             "fallbacks",
             "credentials",
             "model_name",
+            "price_per_1k_input",
+            "price_per_1k_output",
         ]
         widgets = {
             "prompt_template": forms.Textarea(attrs={"rows": 4}),
@@ -125,7 +127,15 @@ class ServiceOfferForm(forms.ModelForm):
 @admin.register(ServiceOffer)
 class ServiceOfferAdmin(admin.ModelAdmin):
     form = ServiceOfferForm
-    list_display = ["endpoint_url", "handler", "price", "create_qty", "expiration", "is_active"]
+    list_display = [
+        "endpoint_url",
+        "handler",
+        "price",
+        "model_name",
+        "create_qty",
+        "expiration",
+        "is_active",
+    ]
     list_filter = ["service", "handler", "is_active"]
     list_select_related = ["handler"]
     search_fields = ["service", "action", "prompt_template", "description"]
@@ -151,7 +161,10 @@ class ServiceOfferAdmin(admin.ModelAdmin):
                 "Resilience: retries, fallbacks, credentials",
                 {"fields": ["max_retries", "fallbacks", "credentials"]},
             ),
-            ("OpenAI-compatible gateway (/v1/)", {"fields": ["model_name"]}),
+            (
+                "OpenAI-compatible gateway (/v1/): model and per-token prices",
+                {"fields": ["model_name", ("price_per_1k_input", "price_per_1k_output")]},
+            ),
             (None, {"fields": ["description", "is_active"]}),
         ]
 

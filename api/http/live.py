@@ -26,7 +26,7 @@ from django.db import close_old_connections
 from prometheus_client import Gauge
 from rest_framework.exceptions import Throttled
 
-from api import selectors
+from api import events, selectors
 from api.documents import QUEUED, TERMINAL
 from api.errors import ApplicationError
 from api.http.hub import DRAIN, RESYNC, Event, hub, id_key
@@ -161,6 +161,8 @@ async def request_stream(
                     last = now
                     yield Event(None, "request", now.data)
             else:
+                if event.kind == events.CHUNK:
+                    continue  # a gateway call's output: its own answer relays it (chat.py)
                 if event.id and sent_id and id_key(event.id) <= id_key(sent_id):
                     continue  # already sent (it raced the first look)
                 sent_id = event.id or sent_id

@@ -135,6 +135,56 @@ def account_release(*, request_id: str, note: str = "") -> bool:
     return _settle(request_id, LedgerEntry.RELEASE, note)
 
 
+def account_settle_metered(*, request_id: str, charge: int, note: str = "") -> bool:
+    """Charge `charge` of a request's hold (a metered call: what it used) and return the rest,
+    in one transaction: a capture of `charge` (settling the request) and a release of the rest
+    (its own `settles` key, `<request id>:rest`). At most the hold is captured. False if there
+    was no hold or it was settled."""
+    hold = LedgerEntry.objects.filter(request_id=request_id, kind=LedgerEntry.HOLD).first()
+    if hold is None:
+        return False
+    charge = max(0, min(charge, hold.amount))
+    if charge == hold.amount:
+        return _settle(request_id, LedgerEntry.CAPTURE, note)
+    if charge == 0:
+        return _settle(request_id, LedgerEntry.RELEASE, note)
+    rest = hold.amount - charge
+    try:
+        with transaction.atomic():
+            LedgerEntry.objects.bulk_create(
+                [
+                    LedgerEntry(
+                        user_id=hold.user_id,
+                        kind=LedgerEntry.CAPTURE,
+                        amount=charge,
+                        request_id=request_id,
+                        settles=request_id,
+                        note=note,
+                    ),
+                    LedgerEntry(
+                        user_id=hold.user_id,
+                        kind=LedgerEntry.RELEASE,
+                        amount=rest,
+                        request_id=request_id,
+                        settles=f"{request_id}{REST}",
+                        note="the hold's unused rest",
+                    ),
+                ]
+            )
+            Account.objects.filter(user_id=hold.user_id).update(
+                held=F("held") - hold.amount, balance=F("balance") + rest
+            )
+            if hold.api_key_id is not None:
+                _key_settle(hold, refund=rest)
+    except IntegrityError:
+        return False  # settled before
+    return True
+
+
+# The `settles` suffix of the release that returns a partly captured hold's rest.
+REST = ":rest"
+
+
 def _settle(request_id: str, kind: str, note: str) -> bool:
     hold = LedgerEntry.objects.filter(request_id=request_id, kind=LedgerEntry.HOLD).first()
     if hold is None:
@@ -154,24 +204,24 @@ def _settle(request_id: str, kind: str, note: str) -> bool:
                 changes["balance"] = F("balance") + hold.amount
             Account.objects.filter(user_id=hold.user_id).update(**changes)
             if hold.api_key_id is not None:
-                _key_settle(hold, refund=kind == LedgerEntry.RELEASE)
+                _key_settle(hold, refund=hold.amount if kind == LedgerEntry.RELEASE else 0)
     except IntegrityError:
         return False  # settled before
     return True
 
 
-def _key_settle(hold: LedgerEntry, *, refund: bool) -> None:
-    """The hold's key has one request fewer in flight; a release gives its amount back to the
-    key's budget if the period it was held in is still the key's current one."""
+def _key_settle(hold: LedgerEntry, *, refund: int) -> None:
+    """The hold's key has one request fewer in flight; what is released (`refund` credits)
+    goes back to the key's budget if the period it was held in is still the key's current one."""
     keys = ApiKey.objects.filter(pk=hold.api_key_id)
     keys.filter(in_flight__gt=0).update(in_flight=F("in_flight") - 1)
-    if refund and hold.amount:
+    if refund:
         period = keys.values_list("budget_period", flat=True).first()
         if period is not None:
             keys.filter(
                 period_start=period_start(period, hold.created_at),
-                period_spent__gte=hold.amount,
-            ).update(period_spent=F("period_spent") - hold.amount)
+                period_spent__gte=refund,
+            ).update(period_spent=F("period_spent") - refund)
 
 
 def usage_record(
@@ -181,6 +231,9 @@ def usage_record(
     NOTHING on the unique request id, so a repeated call changes nothing). `handler` and
     `resource` name what made the calls when it was not the offer's own (a fallback)."""
     captured = request.status == "succeeded"
+    charged = request.price if captured else 0
+    if getattr(request, "meter", None):  # a metered call: what it was charged
+        charged = request.charge or 0
     record = UsageRecord(
         request_id=request.id,
         user_id=request.user_id,
@@ -191,7 +244,7 @@ def usage_record(
         status=request.status,
         calls=calls,
         credits=credits,
-        price=request.price if captured else 0,
+        price=charged,
     )
     UsageRecord.objects.bulk_create([record], ignore_conflicts=True)
 

@@ -60,9 +60,18 @@ OFFER_FIELDS = {
     "fallbacks": ("list", False),
     "credentials": ("string", False),
     "model_name": ("string", False),
+    "price_per_1k_input": ("integer", False),
+    "price_per_1k_output": ("integer", False),
 }
 # Offer fields exported only when set, so catalogs written before they existed export as before.
-OFFER_FIELDS_IF_SET = ("max_retries", "fallbacks", "credentials", "model_name")
+OFFER_FIELDS_IF_SET = (
+    "max_retries",
+    "fallbacks",
+    "credentials",
+    "model_name",
+    "price_per_1k_input",
+    "price_per_1k_output",
+)
 
 
 # --- export ---------------------------------------------------------------------------------

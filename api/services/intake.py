@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 from api import defaults
+from api.chat import chat_call
 from api.documents import QUEUED, ServiceRequest
 from api.errors import ApplicationError
 from api.keys import ApiKey
@@ -24,7 +25,13 @@ from api.models import ServiceDeal, ServiceOffer
 from api.services import deals
 from api.services.accounts import account_hold, account_hold_exists
 from api.services.keys import key_check_allowed
-from api.services.requests import request_discard, request_exists, request_fail, request_submit
+from api.services.requests import (
+    request_discard,
+    request_exists,
+    request_fail,
+    request_submit,
+    request_submit_chat,
+)
 from api.services.settlement import request_settle
 from executor.queues import enqueue_request, route_for_handler
 from infra import logs
@@ -44,6 +51,13 @@ def intake_submit(
     `api_key`: the key the client called with; its limits apply (api/keys.py). `webhook`:
     {"url", "events"} (webhooks.services.webhook_for_intake) or None."""
     key_check_allowed(key=api_key, target=f"{offer.service}/{offer.action}")
+    if offer.metered:
+        raise ApplicationError(
+            "metered_offer",
+            "this offer is billed per token: call it at POST /v1/chat/completions with "
+            f"model {offer.model_name!r}",
+            status=400,
+        )
     resource, queue = route_for_handler(offer.handler_id)
     request, created = _insert_or_committed(
         lambda: request_submit(
@@ -73,6 +87,40 @@ def intake_submit(
     )
     logger.info("request accepted id=%s offer=%s price=%s", request.id, offer, offer.price)
     return request, True
+
+
+def intake_chat(
+    *, user_id: int, offer: ServiceOffer, body: dict, api_key: ApiKey | None = None
+) -> ServiceRequest:
+    """A gateway call (`POST /v1/chat/completions`): checked and capped (api/chat.py), stored,
+    held at the most it can cost (402 if the balance or the key's budget is short), queued."""
+    key_check_allowed(key=api_key, target=f"{offer.service}/{offer.action}")
+    call = chat_call(offer=offer, body=body)
+    resource, queue = route_for_handler(offer.handler_id)
+    request = request_submit_chat(
+        user_id=user_id, offer=offer, call=call, queue=queue, resource=resource
+    )
+    logs.bind(request_id=request.id, client=user_id, offer=f"{offer.service}/{offer.action}")
+    _accept(
+        request,
+        amount=call.hold,
+        api_key=api_key,
+        start=lambda: enqueue_request(request_id=request.id, queue=request.queue),
+        fail=lambda: request_fail(
+            request_id=request.id,
+            code="unavailable",
+            message="the queue was unavailable",
+            from_status=QUEUED,
+        ),
+    )
+    logger.info(
+        "chat call accepted id=%s model=%s hold=%s stream=%s",
+        request.id,
+        offer.model_name,
+        call.hold,
+        call.stream,
+    )
+    return request
 
 
 def intake_submit_deal(

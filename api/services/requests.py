@@ -7,6 +7,7 @@ once even when two processes attempt it.
 import hashlib
 import json
 import logging
+import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
@@ -15,6 +16,7 @@ from mongoengine.errors import NotUniqueError
 from mongoengine.queryset.visitor import Q
 
 from api import defaults, events, metrics, prompt_templates
+from api.chat import ChatCall
 from api.documents import (
     CANCELED,
     EXPIRED,
@@ -185,6 +187,45 @@ def request_submit(
         )
 
     return insert_unless_live(key=key, at=at, build=build)
+
+
+def request_submit_chat(
+    *, user_id: int, offer: ServiceOffer, call: ChatCall, queue: str, resource: str = ""
+) -> ServiceRequest:
+    """A gateway call's request document (api/chat.py). Two equal chat calls are two calls
+    (a client retrying safely sends an Idempotency-Key), so its id is never an earlier one's."""
+    key = secrets.token_hex(32)
+    at = now()
+
+    def build(request_id: str, seq: int) -> ServiceRequest:
+        return offer_request(
+            offer=offer,
+            inputs={},
+            queue=queue,
+            resource=resource,
+            at=at,
+            render=False,
+            id=request_id,
+            dedupe_key=key,
+            seq=seq,
+            user_id=user_id,
+            prompt="",
+            chat=canonical_json(call.upstream_body),
+            stream=call.stream,
+            meter=call.meter(offer),
+        )
+
+    request, _ = insert_unless_live(key=key, at=at, build=build)
+    return request
+
+
+def request_metered(*, request: ServiceRequest, usage: dict, charge: int) -> None:
+    """Record what a running gateway call used and costs, before it ends: settlement then
+    captures `charge` whoever ends it (its executor, or recon after a crash)."""
+    ServiceRequest.objects(id=request.id, status=RUNNING).update_one(
+        set__usage=usage, set__charge=charge
+    )
+    request.usage, request.charge = usage, charge
 
 
 def insert_unless_live(

@@ -3,8 +3,9 @@ place a request is charged: the executor, recon and the API's cancel all call it
 
     request_settle(request=ended, usage=Usage(calls, credits, handler, resource))
 
-- an offer request: its hold is captured when it succeeded (the whole price: a metered price
-  would capture what was used here and return the rest), released otherwise;
+- an offer request: its hold is captured when it succeeded (the whole price), released
+  otherwise; a metered call (the gateway's, api/chat.py) captures what it used (`charge`)
+  and releases the rest;
 - a deal's item: its deal moves on (api/services/deals.py); once the deal has ended, the
   deal is settled the same way (the deal holds the price, charged only if every item
   succeeded);
@@ -24,7 +25,12 @@ from django.db import transaction
 from api.documents import SUCCEEDED, TERMINAL, ServiceRequest
 from api.models import LedgerEntry
 from api.services import deals
-from api.services.accounts import account_capture, account_release, usage_record
+from api.services.accounts import (
+    account_capture,
+    account_release,
+    account_settle_metered,
+    usage_record,
+)
 from api.shapes import iso, request_repr
 from webhooks.services import webhook_notify
 
@@ -71,8 +77,15 @@ def _usage_record(request: ServiceRequest, usage: Usage) -> None:
 
 def _settle_own(request: ServiceRequest) -> None:
     """Capture or release the request's own hold (an offer request, or a deal), and tell the
-    client's webhook, in the same transaction: the notice is kept exactly when the charge is."""
-    if request.status == SUCCEEDED:
+    client's webhook, in the same transaction: the notice is kept exactly when the charge is.
+    A metered call (the gateway's) captures the `charge` its executor recorded — what it used
+    — and releases the rest; one that ended without it (lost, canceled in the queue) is not
+    charged."""
+    if request.meter:
+        account_settle_metered(
+            request_id=request.id, charge=request.charge or 0, note=f"metered {request.status}"
+        )
+    elif request.status == SUCCEEDED:
         account_capture(request_id=request.id)
         if request.kind == "deal":  # the deal's own record; its items have theirs
             usage_record(request=request, calls=0, credits=0)

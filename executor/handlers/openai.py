@@ -1,5 +1,7 @@
 """OpenAI-compatible chat completions (OpenAI itself, or any server that speaks its API)."""
 
+import json
+
 from django.conf import settings
 
 from configs import live
@@ -36,6 +38,8 @@ async def chat(call: HandlerCall) -> str:
     url = upstream.check_url(base_url, param="base_url").rstrip("/") + "/chat/completions"
     timeouts = upstream.call_timeouts(call, DEFAULT_TIMEOUT)
     api_key = chat_api_key(call)
+    if call.chat is not None:
+        return await gateway_call(call, url, model, api_key, timeouts)
     response = await upstream.post_json(
         url,
         payload=request_body(call, model),
@@ -44,6 +48,59 @@ async def chat(call: HandlerCall) -> str:
     )
     upstream.check_status(response, secrets=[api_key])
     return completion_text(upstream.response_json(response))
+
+
+async def gateway_call(call: HandlerCall, url: str, model: str, api_key: str, timeouts) -> dict:
+    """A gateway call (/v1/chat/completions): the client's body to the route's model, its
+    output through the call's relay (executor/relay.py); the result is the chat.completion."""
+    relay = call.relay
+    body = {**call.chat, "model": model}
+    headers = {"Authorization": f"Bearer {api_key}"}
+    if not body.get("stream"):
+        response = await upstream.post_json(url, payload=body, timeouts=timeouts, headers=headers)
+        upstream.check_status(response, secrets=[api_key])
+        completion = upstream.response_json(response)
+        completion_text(completion)  # an answer without a message is no completion
+        return relay.answer(completion)
+    # Always ask for the usage: it is what the call is charged, streamed or not.
+    body["stream_options"] = {**(body.get("stream_options") or {}), "include_usage": True}
+    async for data in upstream.stream_sse(
+        url, payload=body, headers=headers, timeouts=timeouts, secrets=[api_key]
+    ):
+        if data.strip() == "[DONE]":
+            relay.finished = True
+            break
+        try:
+            chunk = json.loads(data)
+        except ValueError:
+            raise HandlerError(
+                "bad_upstream_response", "the upstream streamed a chunk that is not JSON"
+            ) from None
+        if not isinstance(chunk, dict):
+            raise HandlerError("bad_upstream_response", "the upstream streamed a non-object")
+        if chunk.get("error"):
+            raise HandlerError(
+                "upstream_error",
+                "the upstream's stream ended with an error: "
+                + upstream.redact(str(upstream_error_message(chunk["error"])), [api_key]),
+                retryable=True,
+                reason="5xx",
+            )
+        await relay.chunk(chunk)
+    if not relay.finished:
+        raise HandlerError(
+            "upstream_stream_broken",
+            "the upstream's stream ended before [DONE]",
+            retryable=True,
+            reason="broken",
+        )
+    return relay.completion()
+
+
+def upstream_error_message(error) -> str:
+    if isinstance(error, dict):
+        return str(error.get("message") or "")[:200]
+    return str(error)[:200]
 
 
 def chat_api_key(call: HandlerCall) -> str:

@@ -38,6 +38,25 @@ def flaky_backup():
 
 
 @pytest.fixture
+def chat_upstream():
+    """A streaming OpenAI-compatible upstream (tests/stubs/chat_upstream.py); its `url` is an
+    OpenAI client's base URL, its key `chat_upstream.api_key`."""
+    from tests.stubs.chat_upstream import ChatUpstream
+
+    with ChatUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture
+def chat_backup():
+    """A second, independent streaming upstream (a fallback's)."""
+    from tests.stubs.chat_upstream import ChatUpstream
+
+    with ChatUpstream() as upstream:
+        yield upstream
+
+
+@pytest.fixture
 def fluentd():
     receiver = FluentdReceiver()
     yield receiver
