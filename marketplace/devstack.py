@@ -296,9 +296,40 @@ def _banner(env: dict, admin_password: str, token: str) -> None:
     curl -s -X POST {base}/svc/deal/starter/ -H 'Authorization: Bearer {token}' \\
          -d '{{"inputs": {{"name": "Ada", "text": "hi"}}, "addons": ["text/shout"]}}'
 
+  Chat: chat/complete, and the gateway's model demo-chat (any OpenAI SDK, streamed or not):
+    {_upstream_status(env)}
+    {_sdk_example(base, token)}
+
   A child that dies is restarted; Ctrl-C stops everything.
 """,
         flush=True,
+    )
+
+
+def _sdk_example(base: str, token: str) -> str:
+    """The openai SDK's call of the demo model, as one line a shell runs."""
+    return (
+        f"python -c 'from openai import OpenAI; "
+        f'c = OpenAI(base_url="{base}/v1", api_key="{token}"); '
+        'print(c.chat.completions.create(model="demo-chat", '
+        'messages=[{"role": "user", "content": "Hi"}]).choices[0].message.content)\''
+    )
+
+
+def _upstream_status(env: dict) -> str:
+    """Whether the chat offers can reach a model, and how to make them (the banner's line)."""
+    base_url, key = env.get("OPENAI_BASE_URL"), env.get("OPENAI_API_KEY")
+    if base_url:
+        return (
+            f"upstream: OPENAI_BASE_URL={base_url} (the offers' params.model must be one it "
+            "serves: edit it in the admin)"
+        )
+    if key:
+        return "upstream: OpenAI (OPENAI_API_KEY is set)"
+    return (
+        "not configured: they fail with missing_credentials. Set OPENAI_API_KEY=sk-... for "
+        "OpenAI, or OPENAI_BASE_URL=http://127.0.0.1:11434/v1 for any OpenAI-compatible server "
+        "(a local Ollama, vLLM), and run make run again"
     )
 
 

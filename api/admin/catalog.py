@@ -88,6 +88,18 @@ class ServiceOfferForm(forms.ModelForm):
             "fallbacks": forms.Textarea(attrs={"rows": 3}),
         }
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in ("price_per_1k_input", "price_per_1k_output"):
+            if name in self.fields:  # an empty box: not metered
+                self.fields[name].required = False
+
+    def clean_price_per_1k_input(self):
+        return self.cleaned_data.get("price_per_1k_input") or 0
+
+    def clean_price_per_1k_output(self):
+        return self.cleaned_data.get("price_per_1k_output") or 0
+
     def clean_fallbacks(self):
         fallbacks = self.cleaned_data.get("fallbacks")
         if fallbacks is None:  # an empty box: no fallbacks

@@ -37,17 +37,22 @@ async def chat(call: HandlerCall) -> str:
     )
     url = upstream.check_url(base_url, param="base_url").rstrip("/") + "/chat/completions"
     timeouts = upstream.call_timeouts(call, DEFAULT_TIMEOUT)
-    api_key = chat_api_key(call)
+    # A server of one's own (a local Ollama, vLLM) may take no key: none is sent then.
+    api_key = chat_api_key(call, required=base_url == DEFAULT_BASE_URL)
     if call.chat is not None:
         return await gateway_call(call, url, model, api_key, timeouts)
     response = await upstream.post_json(
         url,
         payload=request_body(call, model),
         timeouts=timeouts,
-        headers={"Authorization": f"Bearer {api_key}"},
+        headers=auth_headers(api_key),
     )
     upstream.check_status(response, secrets=[api_key])
     return completion_text(upstream.response_json(response))
+
+
+def auth_headers(api_key: str) -> dict:
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
 
 
 async def gateway_call(call: HandlerCall, url: str, model: str, api_key: str, timeouts) -> dict:
@@ -55,7 +60,7 @@ async def gateway_call(call: HandlerCall, url: str, model: str, api_key: str, ti
     output through the call's relay (executor/relay.py); the result is the chat.completion."""
     relay = call.relay
     body = {**call.chat, "model": model}
-    headers = {"Authorization": f"Bearer {api_key}"}
+    headers = auth_headers(api_key)
     if not body.get("stream"):
         response = await upstream.post_json(url, payload=body, timeouts=timeouts, headers=headers)
         upstream.check_status(response, secrets=[api_key])
@@ -103,14 +108,19 @@ def upstream_error_message(error) -> str:
     return str(error)[:200]
 
 
-def chat_api_key(call: HandlerCall) -> str:
+def chat_api_key(call: HandlerCall, *, required: bool = True) -> str:
     """`params.api_key_env` if the offer names one, else the call's credential set, else
-    OPENAI_API_KEY."""
+    OPENAI_API_KEY; "" when none is set and none is `required`."""
     given = call.credentials
     if given is None:
         given = credentials.resolve("openai.chat")
     if call.params.get("api_key_env") or given.kind == "none":
-        return api_key_from_env(call.params.get("api_key_env") or DEFAULT_API_KEY_ENV)
+        try:
+            return api_key_from_env(call.params.get("api_key_env") or DEFAULT_API_KEY_ENV)
+        except HandlerError as exc:
+            if required or exc.code != "missing_credentials":
+                raise
+            return ""
     if given.kind != "api_key":
         raise HandlerError(
             "missing_credentials",

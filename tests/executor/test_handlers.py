@@ -126,12 +126,20 @@ def test_openai_chat_reports_a_wrong_key_without_revealing_it(openai_stub, setti
     assert wrong_key not in caplog.text
 
 
-def test_openai_chat_needs_the_key_env_var(openai_stub, settings):
+def test_openai_chat_needs_the_key_env_var_for_openai(settings):
     settings.UPSTREAM_API_KEYS = {}
-    error = failure("openai.chat", chat_params(openai_stub))
+    settings.OPENAI_BASE_URL = None
+    error = failure("openai.chat", {"model": "gpt-stub"})  # refused before any connection
     assert error.code == "missing_credentials"
     assert "OPENAI_API_KEY" in error.message
-    assert openai_stub.requests == []
+
+
+def test_openai_chat_sends_no_key_to_a_server_of_ones_own_when_none_is_set(openai_stub, settings):
+    settings.UPSTREAM_API_KEYS = {}  # a local Ollama or vLLM takes none
+    error = failure("openai.chat", chat_params(openai_stub))
+    assert error.code == "upstream_error"  # this stub wants one
+    [sent] = openai_stub.requests
+    assert not any(name.lower() == "authorization" for name in sent.headers)
 
 
 def test_openai_chat_needs_a_model(openai_stub, openai_key):

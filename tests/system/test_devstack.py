@@ -10,6 +10,7 @@ import threading
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from infra.embedded import free_port, listening_pids
@@ -187,3 +188,42 @@ def test_metrics_want_the_token_make_run_printed(first_stack):
     assert httpx.get(url, timeout=10).status_code == 403
     headers = {"Authorization": f"Bearer {token}"}
     assert httpx.get(url, headers=headers, timeout=10).status_code == 200
+
+
+def test_the_banner_says_how_to_make_chat_work(first_stack):
+    base = f"http://127.0.0.1:{first_stack.port}"
+    assert first_stack.said(f'OpenAI(base_url="{base}/v1"')
+    if not (os.environ.get("OPENAI_API_KEY") or os.environ.get("OPENAI_BASE_URL")):
+        assert first_stack.said("not configured: they fail with missing_credentials")
+        assert first_stack.said("OPENAI_BASE_URL=http://127.0.0.1:11434/v1")
+
+
+def test_with_an_openai_compatible_server_the_demo_chat_works_over_svc_and_v1(
+    tmp_path, chat_upstream
+):
+    chat_upstream.api_key = ""  # like a local Ollama: no key wanted, none set
+    stack = Devstack(tmp_path / "chat", OPENAI_BASE_URL=chat_upstream.url, OPENAI_API_KEY="")
+    try:
+        stack.wait_ready()
+        assert stack.said(f"upstream: OPENAI_BASE_URL={chat_upstream.url}")
+        base = f"http://127.0.0.1:{stack.port}"
+        key = (stack.data_dir / "demo_key").read_text().strip()
+        answer = httpx.post(
+            f"{base}/svc/chat/complete/",
+            json={"prompt": "Hi"},
+            headers={"Authorization": f"Bearer {key}", "Prefer": "wait=30"},
+            timeout=40,
+        ).json()
+        assert (answer["status"], answer["results"]) == ("succeeded", ["echo: Hi"]), answer["error"]
+        client = openai.OpenAI(base_url=f"{base}/v1", api_key=key, max_retries=0)
+        assert "demo-chat" in [m.id for m in client.models.list()]
+        stream = client.chat.completions.create(
+            model="demo-chat", messages=[{"role": "user", "content": "Hello"}], stream=True
+        )
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == (
+            "echo: Hello"
+        )
+        sent = chat_upstream.requests[-1]
+        assert "authorization" not in sent["headers"]  # a server of one's own: no key set
+    finally:
+        assert stack.stop() == 0, "\n".join(stack.lines[-20:])

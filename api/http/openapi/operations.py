@@ -323,7 +323,40 @@ def gateway_paths() -> dict[str, dict]:
         "required": True,
         "schema": string(minLength=1, maxLength=100),
     }
+    chat = operation(
+        "gateway_chat_completions",
+        "A chat completion, streamed (stream: true) or whole, billed to the token",
+        _answer(
+            "The completion; streamed: `chat.completion.chunk` Server-Sent Events ending with "
+            "`data: [DONE]` (with stream_options.include_usage, a last chunk with `usage` and "
+            "`charged`). X-Request-Id names its request, X-Credits-Charged (whole) what it cost",
+            None,
+            content={
+                "application/json": {"schema": ref("ChatCompletion")},
+                "text/event-stream": {"schema": string()},
+            },
+        ),
+        400,
+        402,
+        404,
+        409,
+        413,
+        422,
+        502,
+        504,
+        parameters=[ref("IdempotencyKey", "parameters")],
+        requestBody={
+            "required": True,
+            "content": {"application/json": {"schema": ref("ChatCompletionRequest")}},
+        },
+    )
+    chat["responses"]["202"] = _answer(
+        "Served by a plain WSGI server (not the deployment's ASGI): the call's request, to "
+        "follow at its URL",
+        ref("Request"),
+    )
     return {
+        "/v1/chat/completions": {"post": chat},
         "/v1/models": {
             "get": operation(
                 "gateway_models",

@@ -132,8 +132,25 @@ REQUEST = object_schema(
         "pipeline": nullable("string", enum=PIPELINES),
         "addon": {"type": "boolean"},
         "parent_url": string(),
+        "gateway": object_schema(
+            {
+                "model": string("the model it was called as"),
+                "stream": {"type": "boolean"},
+                "include_usage": {"type": "boolean"},
+                "completion_id": string("the `id` of its completion and chunks"),
+                "created": INTEGER,
+                "held": {**COUNT, "description": "credits held at intake: the most it can cost"},
+                "usage": nullable(
+                    "object",
+                    description="prompt_tokens, completion_tokens, total_tokens, and source: "
+                    "upstream (its usage) or relayed (input counted, output chunks sent)",
+                ),
+                "charged": nullable("integer", minimum=0, description="credits captured"),
+            },
+            description="a call of the OpenAI-compatible gateway (/v1/chat/completions)",
+        ),
     },
-    optional=("addons", "position", "pipeline", "addon", "parent_url"),
+    optional=("addons", "position", "pipeline", "addon", "parent_url", "gateway"),
 )
 ERROR = object_schema(
     {
@@ -322,6 +339,54 @@ SCHEMAS = {
     ),
     "ModelList": object_schema(
         {"object": {"const": "list"}, "data": {"type": "array", "items": ref("Model")}}
+    ),
+    "ChatCompletionRequest": object_schema(
+        {
+            "model": string("a model of GET /v1/models"),
+            "messages": {
+                "type": "array",
+                "minItems": 1,
+                "items": {
+                    "type": "object",
+                    "required": ["role"],
+                    "properties": {
+                        "role": string(),
+                        "content": {"type": ["string", "array", "null"]},
+                    },
+                },
+            },
+            "stream": {"type": "boolean"},
+            "stream_options": object_schema(
+                {"include_usage": {"type": "boolean"}}, optional=("include_usage",)
+            ),
+            "max_tokens": {"type": "integer", "minimum": 1},
+            "max_completion_tokens": {"type": "integer", "minimum": 1},
+            "n": {"type": "integer", "minimum": 1},
+            "temperature": {"type": "number"},
+            "tools": {"type": "array"},
+        },
+        optional=(
+            "stream",
+            "stream_options",
+            "max_tokens",
+            "max_completion_tokens",
+            "n",
+            "temperature",
+            "tools",
+        ),
+        description="OpenAI's chat completion request; fields not listed pass through to the "
+        "upstream as sent (docs/api.md, the gateway)",
+    ),
+    "ChatCompletion": object_schema(
+        {
+            "id": string(),
+            "object": {"const": "chat.completion"},
+            "created": INTEGER,
+            "model": string(),
+            "choices": {"type": "array"},
+            "usage": {"type": "object"},
+        },
+        optional=("usage",),
     ),
     "OpenAIError": object_schema(
         {
