@@ -91,6 +91,9 @@ class ChatUpstream:
         self.break_after: int | None = None  # close the connection after that many tokens
         self.hang_after: int | None = None  # send nothing after that many tokens
         self.status: int | None = None  # answer this status with an error body instead
+        # Added to the prompt_tokens it reports: a tokenizer that counts more than a gateway's
+        # estimate (an overrun of the hold).
+        self.extra_prompt_tokens = 0
         self.requests: list[dict] = []
         self.disconnects = 0
         self.disconnected = threading.Event()
@@ -180,6 +183,7 @@ class ChatUpstream:
         if isinstance(limit, int) and len(tokens) > limit:
             tokens, finish_reason = tokens[:limit], "length"
         prompt = sum(len(stub_tokens(_text(m.get("content")))) + PROMPT_OVERHEAD for m in messages)
+        prompt += self.extra_prompt_tokens
         usage = {
             "prompt_tokens": prompt,
             "completion_tokens": len(tokens),
