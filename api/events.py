@@ -85,6 +85,21 @@ def chunk_publisher(client):
     return publish
 
 
+def chunks_relayed(request_id: str) -> int:
+    """How many chunks with output (content, a tool call) a gateway call has published, as its
+    chunk stream keeps them: what its client was sent, for a call whose executor was lost."""
+    relayed = 0
+    for _, fields in redis_connection().xrange(chunk_key(request_id)):
+        try:
+            chunk = json.loads(fields.get(b"d") or b"{}")
+        except ValueError:
+            continue
+        deltas = [choice.get("delta") or {} for choice in chunk.get("choices") or ()]
+        if any(delta.get("content") or delta.get("tool_calls") for delta in deltas):
+            relayed += 1
+    return relayed
+
+
 def stream_key(request_id: str) -> str:
     return f"{STREAM_PREFIX}{request_id}"
 

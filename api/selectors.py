@@ -128,7 +128,7 @@ def requests_running_since_before(at: datetime, *, limit: int):
     """Offer requests that started running before `at` (their executor may have died)."""
     return (
         ServiceRequest.objects(status=RUNNING, kind="offer", started_at__lt=at)
-        .only("id", "worker", "started_at", "attempts", "queue", "parent")
+        .only("id", "worker", "started_at", "attempts", "queue", "parent", "meter", "stream")
         .hint(STATUS_CREATED_INDEX)
         .limit(limit)
     )

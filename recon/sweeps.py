@@ -7,7 +7,9 @@ same request twice, and every repair is idempotent: running a sweep again change
 
 - running, but its executor stopped beating (executor/liveness.py): back to the queue with
   backoff while attempts remain, else `failed` with code `abandoned`; running long past
-  SVC_JOB_TIMEOUT on a live executor: `failed` (`abandoned`);
+  SVC_JOB_TIMEOUT on a live executor: `failed` (`abandoned`); a streamed gateway call that
+  had relayed output: `failed` (`interrupted`), charged what its chunk stream says was sent
+  (run again, its client would get it twice);
 - RQ's failed registry names a job whose request still runs: `failed` (`job_failed`);
 - queued, older than a grace period, with no live RQ job (a scheduled retry long overdue
   counts as none: no scheduler moves it): enqueued again; past its
@@ -32,6 +34,7 @@ from api.services.requests import (
     request_claim,
     request_expire,
     request_fail,
+    request_meter_lost,
     request_purge_results,
     request_requeue,
 )
@@ -77,9 +80,16 @@ def sweep_running() -> Counter:
         overdue = doc.started_at < overdue_before
         if not (dead or overdue) or not _claim(doc.id, RUNNING):
             continue
+        relayed = request_meter_lost(request=doc)  # a gateway call's streamed output
         if overdue and not dead:
             reason = "overdue"
             message = f"still running {settings.SVC_JOB_TIMEOUT}s past its start: abandoned"
+        elif relayed:
+            reason = "interrupted"
+            message = (
+                f"its executor {doc.worker} was lost after {relayed} chunks were relayed; "
+                "they are charged, the call is not run again"
+            )
         elif doc.attempts >= settings.SVC_MAX_ATTEMPTS:
             reason = "abandoned"
             message = f"its executor died on each of {doc.attempts} attempts"
@@ -92,7 +102,8 @@ def sweep_running() -> Counter:
                 cancel_job(doc.id)  # the dead executor's RQ job: out of the started registry
                 repaired["executor_lost"] += 1
             continue
-        ended = request_fail(request_id=doc.id, code="abandoned", message=message)
+        code = "interrupted" if reason == "interrupted" else "abandoned"
+        ended = request_fail(request_id=doc.id, code=code, message=message)
         if ended is not None:
             request_settle(request=ended)
             repaired[reason] += 1

@@ -16,7 +16,7 @@ from mongoengine.errors import NotUniqueError
 from mongoengine.queryset.visitor import Q
 
 from api import defaults, events, metrics, prompt_templates
-from api.chat import ChatCall
+from api.chat import ChatCall, charge_for
 from api.documents import (
     CANCELED,
     EXPIRED,
@@ -226,6 +226,26 @@ def request_metered(*, request: ServiceRequest, usage: dict, charge: int) -> Non
         set__usage=usage, set__charge=charge
     )
     request.usage, request.charge = usage, charge
+
+
+def request_meter_lost(*, request: ServiceRequest) -> int:
+    """A streamed gateway call whose executor was lost: the output chunks it had relayed (its
+    chunk stream says), recorded with their charge when there were any — such a call must
+    end, not run again (its client would get them twice). 0: nothing was relayed."""
+    if not (request.meter and request.stream):
+        return 0
+    relayed = events.chunks_relayed(request.id)
+    if relayed:
+        prompt = request.meter.get("input_tokens") or 0
+        usage = {
+            "prompt_tokens": prompt,
+            "completion_tokens": relayed,
+            "total_tokens": prompt + relayed,
+            "source": "relayed",
+        }
+        charge, _ = charge_for(request.meter, usage, succeeded=False)
+        request_metered(request=request, usage=usage, charge=charge)
+    return relayed
 
 
 def insert_unless_live(

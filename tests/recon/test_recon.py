@@ -1,5 +1,6 @@
 """Recon's sweeps in one process: each repair, its idempotence, and that it claims its work."""
 
+import json
 import threading
 from datetime import UTC, datetime, timedelta
 
@@ -253,3 +254,46 @@ def test_a_scheduled_retry_no_scheduler_moves_is_enqueued_again(alice, alice_api
     run_worker()
     assert ServiceRequest.objects.get(id=created["id"]).status == "succeeded"
     assert kinds(created["id"]) == ["capture", "hold"] and account(alice) == (997, 0)
+
+
+def test_a_streamed_gateway_call_lost_after_relaying_ends_charged_what_was_relayed(
+    alice, alice_api, make_offer
+):
+    """Run again, its client would get the same chunks twice: it ends `interrupted`, charged
+    the output its chunk stream says was relayed (and the input as counted)."""
+    from api import events
+    from api.chat import charge_for
+
+    make_offer(
+        service="chat",
+        action="lost",
+        handler="openai.chat",
+        model_name="lost-1",
+        price=5,
+        price_per_1k_input=100,
+        price_per_1k_output=1000,
+        params={"model": "m", "base_url": "http://127.0.0.1:9/v1", "max_tokens": 10},
+    )
+    messages = [{"role": "user", "content": "hi"}]
+    created = alice_api.post(
+        "/v1/chat/completions",
+        {"model": "lost-1", "messages": messages, "stream": True},
+        format="json",
+    )
+    assert created.status_code == 202, created.content
+    created = created.json()
+    lose_job(created["id"])
+    request_start(request_id=created["id"], worker="ghost")
+    chunk_stream = events.chunk_key(created["id"])
+    for content in ("", "a", " b", " c"):  # the role chunk carries no output
+        chunk = {"choices": [{"index": 0, "delta": {"content": content}}]}
+        redis_connection().xadd(chunk_stream, {"d": json.dumps(chunk)})
+    age(created["id"], 60, "started_at")
+    assert sweeps.sweep() == {"interrupted": 1}
+    done = ServiceRequest.objects.get(id=created["id"])
+    assert (done.status, done.error["code"]) == ("failed", "interrupted")
+    assert done.usage["completion_tokens"] == 3 and done.usage["source"] == "relayed"
+    expected, _ = charge_for(done.meter, done.usage, succeeded=False)
+    assert done.charge == expected > 0
+    assert LedgerEntry.objects.get(request_id=done.id, kind="capture").amount == expected
+    assert account(alice) == (1000 - expected, 0)
