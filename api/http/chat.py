@@ -51,6 +51,7 @@ STATUSES = {
     "canceled": 499,
 }
 UPSTREAM_STATUS = re.compile(r"answered HTTP (\d{3})")
+PASSED_ON = (b"idempotent-replayed",)
 
 
 async def chat_app(scope, receive, send, inner) -> None:
@@ -72,9 +73,11 @@ async def chat_app(scope, receive, send, inner) -> None:
         await send({"type": "http.response.body", "body": body})
         return
     answer = _stream if accepted["gateway"]["stream"] else _complete
+    # The intake's headers that say something of the answer (a replayed Idempotency-Key).
+    kept = [(k, v) for k, v in start.get("headers", ()) if k.lower() in PASSED_ON]
     LIVE.labels("chat").inc()
     try:
-        await answer(send, receive, accepted)
+        await answer(send, receive, {**accepted, "_headers": kept})
     finally:
         LIVE.labels("chat").dec()
 
@@ -182,8 +185,13 @@ async def _watched(receive, request_id: str, answering):
 # --- the answers -----------------------------------------------------------------------------
 
 
-def _headers(request_id: str, *extra) -> list:
-    return [(b"x-request-id", request_id.encode()), (b"cache-control", b"no-store"), *extra]
+def _headers(accepted: dict, *extra) -> list:
+    return [
+        (b"x-request-id", accepted["id"].encode()),
+        (b"cache-control", b"no-store"),
+        *accepted["_headers"],
+        *extra,
+    ]
 
 
 async def _complete(send, receive, accepted: dict) -> None:
@@ -202,7 +210,7 @@ async def _complete(send, receive, accepted: dict) -> None:
                     "type": "http.response.start",
                     "status": 200,
                     "headers": _headers(
-                        request_id,
+                        accepted,
                         (b"content-type", b"application/json"),
                         (b"content-length", str(len(payload)).encode()),
                         (b"x-credits-charged", str(charged).encode()),
@@ -211,7 +219,7 @@ async def _complete(send, receive, accepted: dict) -> None:
             )
             await send({"type": "http.response.body", "body": payload})
         else:
-            await _send_error(send, request_id, ended)
+            await _send_error(send, accepted, ended)
 
     with contextlib.suppress(OSError):
         await _watched(receive, request_id, answering())
@@ -233,14 +241,14 @@ def error_of(ended: dict) -> tuple[int, dict]:
     }
 
 
-async def _send_error(send, request_id: str, ended: dict) -> None:
+async def _send_error(send, accepted: dict, ended: dict) -> None:
     status, body = error_of(ended)
     payload = json.dumps(body, separators=(",", ":")).encode()
     headers = [(b"content-type", b"application/json")]
     if status == 503:
         headers.append((b"retry-after", b"1"))
     await send(
-        {"type": "http.response.start", "status": status, "headers": _headers(request_id, *headers)}
+        {"type": "http.response.start", "status": status, "headers": _headers(accepted, *headers)}
     )
     await send({"type": "http.response.body", "body": payload})
 
@@ -261,7 +269,7 @@ async def _stream(send, receive, accepted: dict) -> None:
                         "type": "http.response.start",
                         "status": 200,
                         "headers": _headers(
-                            request_id,
+                            accepted,
                             (b"content-type", b"text/event-stream; charset=utf-8"),
                             (b"x-accel-buffering", b"no"),
                         ),
@@ -279,7 +287,7 @@ async def _stream(send, receive, accepted: dict) -> None:
                 ended = data
         gateway = ended["gateway"]
         if ended["status"] != SUCCEEDED and not started:
-            await _send_error(send, request_id, ended)
+            await _send_error(send, accepted, ended)
             return
         tail = b""
         if include_usage and gateway["usage"] is not None:

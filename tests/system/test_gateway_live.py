@@ -160,6 +160,20 @@ def test_streamed_and_whole_calls_return_the_upstreams_content_and_cost_the_same
     assert second["gateway"]["charged"] == expected
     assert second["results"][0]["choices"][0]["message"]["content"] == chat_upstream.reply
     assert balance(alice) == (1000 - 2 * expected, 0)
+
+    # An Idempotency-Key replay answers the same call again, charged once.
+    def keyed():
+        return client.chat.completions.with_raw_response.create(
+            model="stub-chat", messages=MESSAGES, extra_headers={"Idempotency-Key": "call-1"}
+        )
+
+    first, again = keyed(), keyed()
+    assert first.headers["x-request-id"] == again.headers["x-request-id"]
+    assert again.headers["idempotent-replayed"] == "true"
+    assert again.parse().choices[0].message.content == chat_upstream.reply
+    settled(alice, first.headers["x-request-id"])
+    assert balance(alice) == (1000 - 3 * expected, 0)
+    assert chat_upstream.calls == 3
     assert_ledger_balances(gateway)
 
 
