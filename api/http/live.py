@@ -49,7 +49,8 @@ WAIT = re.compile(r"^\s*wait\s*(?:=\s*(\S+))?\s*$", re.IGNORECASE)
 
 LIVE = Gauge(
     "svc_live_answers",
-    "Clients this API process holds open for a request's events, by kind (sse, websocket, wait)",
+    "Clients this API process holds open for a request's events, by kind (sse, websocket, wait, "
+    "chat: gateway calls)",
     ["kind"],
     multiprocess_mode="livesum",
 )
