@@ -127,6 +127,14 @@ def deal_plan(*, deal: ServiceDeal, body: dict) -> DealPlan:
         raise ApplicationError("not_found", f"deal {deal.name} is not available", status=404)
     addons = deal_selected_addons(deal, addon_names)
     parts: list[ServiceDealItem | ServiceDealAddon] = [*items, *addons]
+    metered = [str(part.offer) for part in parts if part.offer.metered]
+    if metered:  # billed per token, on the gateway only: a deal's fixed price cannot cover it
+        raise ApplicationError(
+            "metered_offer",
+            f"deal {deal.name} includes offers billed per token ({', '.join(metered)}), which "
+            "are sold on /v1/chat/completions only",
+            status=409,
+        )
     expected = deal_rules.deal_inputs([part.step() for part in parts])
     check_inputs(expected=expected, inputs=inputs, what=f"deal {deal.name} with these add-ons")
     price = deal.price_for([i.offer for i in items], [a.offer for a in addons])

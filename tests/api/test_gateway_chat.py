@@ -241,3 +241,13 @@ def test_settling_a_gateway_request_captures_its_recorded_charge(alice_api, alic
         == (other["gateway"]["held"])
     )
     assert not UsageRecord.objects.filter(request_id=other["id"]).exists()
+
+
+def test_a_deal_with_a_metered_offer_is_not_sold(alice_api, alice, model):
+    from tests.api.test_deals import make_deal
+
+    make_deal("bundle", [(model, "")])
+    answer = alice_api.post("/svc/deal/bundle/", {"inputs": {"text": "hi"}}, format="json")
+    assert answer.status_code == 409
+    assert answer.json()["error"]["code"] == "metered_offer"
+    assert Account.objects.get(user=alice).held == 0
