@@ -62,6 +62,9 @@ def exception_handler(exc, context):
 
 
 def json_not_found(request, exception=None):
+    if request.path.startswith("/v1/"):  # the gateway answers in OpenAI's shape everywhere
+        error = {"message": "not found", "type": "invalid_request_error", "param": None}
+        return JsonResponse({"error": {**error, "code": "not_found"}}, status=404)
     return JsonResponse({"error": {"code": "not_found", "message": "not found"}}, status=404)
 
 

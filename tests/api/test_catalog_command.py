@@ -227,7 +227,7 @@ def test_the_demo_catalog_imports():
     if not {"openai.chat", "http.post"} <= set(all_handlers()):
         pytest.skip("openai.chat / http.post are not registered yet")
     out, _ = run("import", str(path))
-    assert "handlers: 4 created" in out and "offers: 6 created" in out
+    assert "handlers: 4 created" in out and "offers: 7 created" in out
     assert "deals: 1 created" in out
     assert ServiceOffer.objects.get(service="text", action="slow").params == {"delay_seconds": 2}
     deal = ServiceDeal.objects.get(name="starter")

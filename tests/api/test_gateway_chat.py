@@ -251,3 +251,14 @@ def test_a_deal_with_a_metered_offer_is_not_sold(alice_api, alice, model):
     assert answer.status_code == 409
     assert answer.json()["error"]["code"] == "metered_offer"
     assert Account.objects.get(user=alice).held == 0
+
+
+def test_a_path_under_v1_that_matches_nothing_answers_in_openais_shape(alice_api):
+    answer = alice_api.get("/v1/models/a%0Ab")  # no route takes a newline (schemathesis)
+    assert answer.status_code == 404
+    assert answer.json()["error"] == {
+        "message": "not found",
+        "type": "invalid_request_error",
+        "param": None,
+        "code": "not_found",
+    }
