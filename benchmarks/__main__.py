@@ -1,6 +1,7 @@
 """`make bench` (python -m benchmarks): every scenario, a table, benchmarks/results.json.
 
-    python -m benchmarks [--only store executor inflight dispatch waiting intake] [--output FILE]
+    python -m benchmarks [--only store executor inflight dispatch waiting gateway intake]
+                         [--output FILE]
                          [--strict]
 
 Starts its own SecantusDB, redis-server, SQLite, recon, gunicorn and executors on free
@@ -21,17 +22,28 @@ from pathlib import Path
 import pymongo
 import redis
 
-from benchmarks import dispatch, executor_bench, inflight, intake, measure, report, store, waiting
+from benchmarks import (
+    dispatch,
+    executor_bench,
+    gateway,
+    inflight,
+    intake,
+    measure,
+    report,
+    store,
+    waiting,
+)
 from benchmarks.stack import ROOT, Stack, wait_until
 from infra import embedded
 
 # In this order: every scenario reads its references off the store's, and inflight follows
-# executor so the upstream's port is free again (each starts its own upstream on it). The
-# intake runs last: SecantusDB's writes grow dearer with every write the server has taken (its
-# registry of retryable writes is scanned on each one, docs/benchmarks.md), which bounds the
-# intake's rate in a full run but not its CPU per POST; `--only store intake` reads its rate
-# on a fresher server. Run first, it would slow the executor scenarios instead.
-SCENARIOS = ("store", "executor", "inflight", "dispatch", "waiting", "intake")
+# executor so the upstream's port is free again (each starts its own upstream on it, the
+# gateway its chat upstream). The intake runs last: SecantusDB's writes grow dearer with
+# every write the server has taken (its registry of retryable writes is scanned on each one,
+# docs/benchmarks.md), which bounds the intake's rate in a full run but not its CPU per POST;
+# `--only store intake` reads its rate on a fresher server. Run first, it would slow the
+# executor scenarios instead.
+SCENARIOS = ("store", "executor", "inflight", "dispatch", "waiting", "gateway", "intake")
 # Extra gunicorn arguments, to measure a configuration change before making it, e.g.
 # BENCH_GUNICORN_ARGS="--worker-connections 8" (the command line wins over the config file).
 GUNICORN_ARGS_ENV = "BENCH_GUNICORN_ARGS"
@@ -77,9 +89,15 @@ def main(argv: list[str] | None = None) -> int:
             stack.fresh_requests()
             return waiting.run(stack, api_port, upstream_port, embedded.free_port())
 
+        def gateway_scenario():
+            api = api_process()  # the first-token calls go through the API as deployed
+            stack.fresh_requests()
+            return gateway.run(stack, api, api_port, upstream_port, embedded.free_port())
+
         scenarios = {
             "store": lambda: store.run(stack),
             "waiting": waiting_scenario,
+            "gateway": gateway_scenario,
             "executor": lambda: through_api(executor_bench),
             "inflight": lambda: through_api(inflight),
             "dispatch": lambda: dispatch.run(stack),

@@ -25,6 +25,11 @@ INFLIGHT_PEAK_RSS_MB = 500
 DISPATCH_SHARE = 1.0  # of RQ's SimpleWorker
 # Issue 17: 1,000 clients waiting on one API process, every one answered when its request ends.
 WAITING_CLIENTS = 1000
+# Issue 18: the first token reaches the client within 50 ms of its arrival at the executor
+# (the upstream's x_sent, on loopback), p99; every stream ends with [DONE] and the whole reply.
+GATEWAY_FIRST_TOKEN_RELAY_MS = 50
+# A gateway call's time to first token, in order (benchmarks/gateway.py, _stages).
+GATEWAY_STAGES = ("intake", "enqueue", "pickup", "job", "call", "relay")
 INTAKE_STORE_SHARE = 0.80  # accepted/s, of the intake store ceiling
 INTAKE_P99_VS_REPLAY = 1.5  # against the intake store replay's p99 at the same concurrency
 INTAKE_CPU_VS_BARE = 2.5  # API CPU per accepted POST, against the bare view's per request
@@ -62,6 +67,8 @@ def rows(results: dict) -> list[Row]:
         out += _dispatch_rows(results["dispatch"])
     if "waiting" in results:
         out += _waiting_rows(results["waiting"])
+    if "gateway" in results:
+        out += _gateway_rows(results["gateway"])
     if "intake" in results:
         out += _intake_rows(results["intake"], store)
     return out
@@ -236,6 +243,144 @@ def _waiting_rows(waiting: dict) -> list[Row]:
             None,
         ),
     ]
+
+
+def _gateway_rows(gateway: dict) -> list[Row]:
+    first, load = gateway["first_token"], gateway["throughput"]
+    ours, direct, stages = first["gateway"], first["direct"], first["gateway_stages"]
+    n, per_1k = first["calls"], load["cpu_ms_per_1k_chunks"]
+    rows = []
+    relay = ours["relay_ms_p99"]
+    if relay is None:
+        rows.append(
+            Row(
+                "gateway: first token relay p99 (upstream→client)",
+                "no call",
+                "-",
+                None,
+                f"<= {GATEWAY_FIRST_TOKEN_RELAY_MS:g} ms",
+                False,
+            )
+        )
+    else:
+        rows.append(
+            _absolute(
+                "gateway: first token relay p99 (upstream→client)",
+                f"{relay:g} ms (p50 {ours['relay_ms_p50']:g}; direct p50 "
+                f"{direct['relay_ms_p50']} / p99 {direct['relay_ms_p99']} ms)",
+                relay,
+                at_most=GATEWAY_FIRST_TOKEN_RELAY_MS,
+                unit=" ms",
+            )
+        )
+    for q in ("p50", "p99"):
+        value, reference = ours[f"after_post_ms_{q}"], direct[f"after_post_ms_{q}"]
+        rows.append(
+            Row(
+                f"gateway: first token after POST {q} (vs direct to the upstream)",
+                f"{value} ms ({n} sequential calls, {first['reply_tokens']} tokens)",
+                f"direct {reference} ms",
+                _ratio(value, reference) if value is not None and reference else None,
+                "(reported)",
+                None,
+            )
+        )
+    rows.append(
+        Row(
+            "gateway: first token after POST p50, by stage (ms)",
+            " + ".join(f"{name} {stages[f'{name}_ms_p50']}" for name in GATEWAY_STAGES),
+            "p99: " + " / ".join(f"{stages[f'{name}_ms_p99']}" for name in GATEWAY_STAGES),
+            None,
+            "(reported)",
+            None,
+        )
+    )
+    rows.append(
+        _absolute(
+            "gateway: first-token calls with errors",
+            f"{first['errors']} of {2 * n} (gateway {ours['errors']}, direct {direct['errors']})"
+            + (f": {first['first_error']}" if first["first_error"] else ""),
+            first["errors"],
+            at_most=0,
+        )
+    )
+    streams = load["streams"]
+    rows += [
+        Row(
+            "gateway: chunks/s relayed by one API process",
+            f"{load['chunks_per_second']:.0f} chunks/s ({streams} streams × "
+            f"{load['reply_tokens']} tokens in {load['wall_s']:.1f} s; first to last chunk "
+            f"{load['chunks_per_second_streaming']:.0f}/s)",
+            f"every process measured: {sum(load['cores_busy'].values()) + load['client_cores']:.2f}"
+            " cores busy",
+            None,
+            "(reported)",
+            None,
+        ),
+        _absolute(
+            "gateway: streams ended with [DONE] and the whole reply",
+            f"{load['complete']} of {streams} (errors {load['errors']}; chunks "
+            f"{load['chunks']} of {load['chunks_expected']}; {_statuses(load['statuses'])})"
+            + (f": {load['first_error']}" if load["first_error"] else ""),
+            load["complete"],
+            at_least=streams,
+        ),
+        Row(
+            "gateway: API CPU ms per 1,000 chunks",
+            f"{per_1k['api']} ms (one worker, {load['cores_busy']['api']:.2f} cores)",
+            _threads(load, "api", "WSGI, pymongo"),
+            None,
+            "(reported)",
+            None,
+        ),
+        Row(
+            "gateway: executor CPU ms per 1,000 chunks",
+            f"{per_1k['executor']} ms ({load['cores_busy']['executor']:.2f} cores; Redis "
+            f"{per_1k['redis']} ms, {load['cores_busy']['redis']:.2f} cores)",
+            _threads(load, "executor", "jobs"),
+            None,
+            "(reported)",
+            None,
+        ),
+        Row(
+            "gateway: the main API's CPU ms per 1,000 chunks (none of its streams)",
+            f"{_beyond_quiet(load, 'main_api')} ms beyond its quiet CPU "
+            f"({per_1k['main_api']} ms in all): it hears every chunk",
+            f"quiet {load['cores_quiet']['main_api']:.3f} cores, loaded "
+            f"{load['cores_busy']['main_api']:.2f}",
+            None,
+            "(reported)",
+            None,
+        ),
+        Row(
+            "gateway: chunk backlog under that load (x_sent→client, all sent at once)",
+            f"p50 {load['chunk_lag_ms_p50']} / p99 {load['chunk_lag_ms_p99']} ms",
+            f"client {load['client_cores']} cores, upstream {per_1k['upstream']} ms / 1k",
+            None,
+            "(reported)",
+            None,
+        ),
+    ]
+    return rows
+
+
+def _threads(load: dict, name: str, others: str) -> str:
+    """The reference text of a process's CPU by thread: its event loop, the rest."""
+    split = load.get("threads_cpu_s", {}).get(name)
+    if not split:
+        return "-"
+    return (
+        f"loop thread {split['busiest']:.2f} s, {split['threads'] - 1} others ({others}) "
+        f"{split['others']:.2f} s, in {load['wall_s']:.1f} s"
+    )
+
+
+def _beyond_quiet(load: dict, name: str) -> float | None:
+    """CPU ms per 1,000 chunks a process spent above its quiet rate."""
+    if not load["chunks"]:
+        return None
+    extra = load["cpu_s"][name] - load["cores_quiet"][name] * load["wall_s"]
+    return round(max(0.0, extra) * 1e6 / load["chunks"], 1)
 
 
 def _inflight_rows(inflight: dict) -> list[Row]:

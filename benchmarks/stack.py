@@ -5,7 +5,8 @@ settings.py only adds a bare view's URL), JSON logs at INFO, multiprocess metric
 emptied PROMETHEUS_MULTIPROC_DIR, a metrics token, and `manage.py recon` sweeping for the
 whole run, so every figure includes what those cost. The one departure is RESOURCE_MAP: the
 executor scenarios measure the executor at its own concurrency, which the shipped map's cap
-on the `http` resource (64 calls at once) would hide.
+on the `http` resource (64 calls at once) would hide, and the gateway scenario its 40 streams
+at once, which the cap on `openai` (16) would queue.
 
 Everything lives in one temporary directory and every child runs in its own session, so
 `Stack.close()` (also on Ctrl-C or SIGTERM) stops each one by its process group and removes
@@ -32,6 +33,14 @@ VENV_BIN = Path(sys.executable).parent
 CLIENT = "bench"
 ECHO_OFFER = ("bench", "echo")  # local.echo, no delay: intake and dispatch
 UPSTREAM_OFFER = ("bench", "upstream")  # http.post to the loopback upstream: executor
+# openai.chat to the loopback chat upstream (tests/stubs/chat_upstream.py, on the upstream's
+# port while the gateway scenario runs), exposed as the model GATEWAY_MODEL: gateway.
+GATEWAY_OFFER = ("bench", "chat")
+GATEWAY_MODEL = "bench-chat"
+# The key the chat upstream takes: the executors' OPENAI_API_KEY (never the caller's own).
+GATEWAY_UPSTREAM_KEY = "sk-bench-chat-upstream-0123456789"
+# The operator's cap on max_tokens: above the gateway scenario's longest reply.
+GATEWAY_MAX_TOKENS = 4096
 # Far above anything a benchmark sends, so the intake throttle never refuses (it still runs).
 INTAKE_RATE = "100000000/min"
 # Credits of the client: every request a run makes costs 1, none may be refused for credits.
@@ -45,11 +54,15 @@ CATALOG = """\
 handlers:
   - {{id: local.echo, credits: 1}}
   - {{id: http.post, credits: 1}}
+  - {{id: openai.chat, credits: 0}}
 offers:
   - {{service: {echo[0]}, action: {echo[1]}, price: 1, prompt_template: "{{n}}",
       handler: local.echo}}
   - {{service: {up[0]}, action: {up[1]}, price: 1, prompt_template: "{{n}}",
       handler: http.post, params: {{url: "{url}", timeout: {timeout}}}}}
+  - {{service: {chat[0]}, action: {chat[1]}, price: 1, prompt_template: "{{text}}",
+      handler: openai.chat, model_name: {model}, price_per_1k_input: 1, price_per_1k_output: 1,
+      params: {{model: bench-upstream, base_url: "{chat_url}", max_tokens: {max_tokens}}}}}
 """
 # Seconds an upstream call may take: above the inflight scenario's 30 s answers, with room for
 # calls that wait for a connection behind a pool limit to end late rather than be retried.
@@ -59,6 +72,7 @@ RESOURCE_MAP = """\
 resources:
   http: {max_concurrency: null}
   local: {max_concurrency: null}
+  openai: {max_concurrency: null}
 """
 
 ENSURE_INDEXES = "from api.documents import ServiceRequest; ServiceRequest.ensure_indexes()"
@@ -126,6 +140,7 @@ class Stack:
             SVC_ENVIRONMENT="development",
             SVC_INTAKE_RATE=INTAKE_RATE,
             SVC_RESOURCE_MAP=str(resource_map),
+            OPENAI_API_KEY=GATEWAY_UPSTREAM_KEY,
             # What devstack.py sets, stated here so the caller's environment cannot change it.
             LOG_FORMAT="json",
             LOG_LEVEL="INFO",
@@ -142,7 +157,16 @@ class Stack:
         catalog = self.tmp / "catalog.yaml"
         url = f"http://127.0.0.1:{self.upstream_port}/v1/answer"
         catalog.write_text(
-            CATALOG.format(echo=ECHO_OFFER, up=UPSTREAM_OFFER, url=url, timeout=UPSTREAM_TIMEOUT)
+            CATALOG.format(
+                echo=ECHO_OFFER,
+                up=UPSTREAM_OFFER,
+                url=url,
+                timeout=UPSTREAM_TIMEOUT,
+                chat=GATEWAY_OFFER,
+                model=GATEWAY_MODEL,
+                chat_url=f"http://127.0.0.1:{self.upstream_port}/v1",
+                max_tokens=GATEWAY_MAX_TOKENS,
+            )
         )
         self.manage("catalog", "import", str(catalog))
         created = self.manage("create_client", CLIENT, "--credits", str(CLIENT_CREDITS))

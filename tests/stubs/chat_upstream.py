@@ -5,14 +5,21 @@ upstream that sends SSE chunks over time, stops mid-stream, hangs, and notices w
 goes away. This one is uvicorn serving a small ASGI app in a thread with its own event loop.
 Tests set its attributes (`reply`, `token_delay`, `break_after`, `hang_after`, `status`, …);
 each request reads them when it arrives, and `reset()` restores the defaults.
+
+Run as a process of its own (the gateway benchmark, benchmarks/gateway.py), it serves until
+SIGTERM or Ctrl-C:
+
+    python -m tests.stubs.chat_upstream --port 8124 --token-delay 0.01 --stamp
 """
 
+import argparse
 import asyncio
 import contextlib
 import itertools
 import json
 import logging
 import re
+import signal
 import socket
 import threading
 import time
@@ -54,7 +61,7 @@ logging.getLogger("uvicorn.error").addFilter(_QuietAbort())
 
 
 class ChatUpstream:
-    def __init__(self):
+    def __init__(self, port: int = 0):
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
         self.streams_open = 0
@@ -62,7 +69,7 @@ class ChatUpstream:
         # Bound now so that `url` is known before start(); uvicorn listens on it.
         self._socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self._socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self._socket.bind(("127.0.0.1", 0))
+        self._socket.bind(("127.0.0.1", port))
         config = uvicorn.Config(
             self._app,
             interface="asgi3",
@@ -94,6 +101,9 @@ class ChatUpstream:
         # Added to the prompt_tokens it reports: a tokenizer that counts more than a gateway's
         # estimate (an overrun of the hold).
         self.extra_prompt_tokens = 0
+        # Each content chunk carries "x_sent": the wall clock (time.time()) as it is sent, for
+        # a client to read how late it arrived (a gateway passes unknown fields through).
+        self.stamp = False
         self.requests: list[dict] = []
         self.disconnects = 0
         self.disconnected = threading.Event()
@@ -233,6 +243,7 @@ class ChatUpstream:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
         break_after, hang_after = self.break_after, self.hang_after
         delay, first_delay = self.token_delay, self.first_token_delay
+        stamp = self.stamp
         head = {
             "id": f"chatcmpl-stub-{next(self._ids)}",
             "object": "chat.completion.chunk",
@@ -244,6 +255,8 @@ class ChatUpstream:
             chunk = {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
             if include_usage:
                 chunk["usage"] = None  # OpenAI's chunks carry it, empty until the last one
+            if stamp and delta.get("content"):
+                chunk["x_sent"] = time.time()
             return _sse(chunk)
 
         await send({"type": "http.response.start", "status": 200, "headers": _SSE_HEADERS})
@@ -320,3 +333,32 @@ def _text(content) -> str:
             if isinstance(part, dict) and part.get("type") == "text"
         )
     return ""
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="A streaming OpenAI-compatible chat upstream.")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--api-key", default=DEFAULT_API_KEY)
+    parser.add_argument("--reply", default=None, help='the reply (default: "echo: <message>")')
+    parser.add_argument("--token-delay", type=float, default=0.0, help="seconds between tokens")
+    parser.add_argument("--first-token-delay", type=float, default=0.0)
+    parser.add_argument("--stamp", action="store_true", help='"x_sent" in each content chunk')
+    args = parser.parse_args(argv)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    upstream = ChatUpstream(port=args.port)
+    upstream.api_key = args.api_key
+    upstream.reply = args.reply
+    upstream.token_delay = args.token_delay
+    upstream.first_token_delay = args.first_token_delay
+    upstream.stamp = args.stamp
+    with upstream:
+        print(f"chat upstream listening on {upstream.url}", flush=True)
+        while not stop.wait(1.0):
+            pass
+    print(f"chat upstream stopped, {upstream.streams_open} streams open", flush=True)
+
+
+if __name__ == "__main__":
+    main()
