@@ -60,14 +60,17 @@ return id
 # every one is kept in the Stream `svc:chat:<id>` (for a client that comes late or again: an
 # Idempotency-Key replay), for CHUNKS_SECONDS after the last, and PUBLISHed on CHANNEL with type
 # `chunk` — after the request's own events on the same channel, in order: an API process hears
-# a call's last chunk before the status that ends it. KEYS: the chunk stream. ARGV: the request
-# id, the chunk's JSON, the seconds, the channel.
+# a call's last chunk before the status that ends it. The chunks that arrived together go in
+# one script call. KEYS: the chunk stream. ARGV: the request id, the seconds, the channel, then
+# each chunk's JSON.
 CHUNK, CHUNK_PREFIX, CHUNKS_SECONDS = "chunk", "svc:chat:", 300
-_PUBLISH_CHUNK = """
-local id = redis.call('XADD', KEYS[1], '*', 'd', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-redis.call('PUBLISH', ARGV[4], ARGV[1] .. ' ' .. id .. ' chunk ' .. ARGV[2])
-return id
+_PUBLISH_CHUNKS = """
+for i = 4, #ARGV do
+  local id = redis.call('XADD', KEYS[1], '*', 'd', ARGV[i])
+  redis.call('PUBLISH', ARGV[3], ARGV[1] .. ' ' .. id .. ' chunk ' .. ARGV[i])
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return #ARGV - 3
 """
 
 
@@ -76,11 +79,14 @@ def chunk_key(request_id: str) -> str:
 
 
 def chunk_publisher(client):
-    """`await publish(request_id, data)` on an asyncio Redis `client` (the executor's loop)."""
-    script = client.register_script(_PUBLISH_CHUNK)
+    """`await publish(request_id, [data, …])` on an asyncio Redis `client` (the executor's
+    loop): the chunks in order, in one round trip."""
+    script = client.register_script(_PUBLISH_CHUNKS)
 
-    async def publish(request_id: str, data: str) -> None:
-        await script(keys=[chunk_key(request_id)], args=[request_id, data, CHUNKS_SECONDS, CHANNEL])
+    async def publish(request_id: str, chunks: list[str]) -> None:
+        await script(
+            keys=[chunk_key(request_id)], args=[request_id, CHUNKS_SECONDS, CHANNEL, *chunks]
+        )
 
     return publish
 

@@ -214,6 +214,7 @@ def _meter(request: ServiceRequest, relay: ChatRelay | None, *, succeeded: bool)
     if relay is None:
         return
     relayed = relay.close()
+    relay.drained()  # what was handed over goes out before the call's end is published
     meter = request.meter
     if relay.usage and isinstance(relay.usage.get("completion_tokens"), int):
         usage = {**relay.usage, "source": "upstream"}

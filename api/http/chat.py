@@ -100,13 +100,14 @@ def _accepted(status, body: bytes) -> dict | None:
 
 
 async def follow(request_id: str, *, chunks: bool):
-    """("chunk", JSON text) for each chunk of the call (with `chunks`), then ("end", the
-    request's representation) once it ended. Chunks published before this began come from
+    """("chunks", [JSON text, …]) for the call's chunks (with `chunks`) as they come — those
+    heard together in one list, sent in one write —, ("idle", None) while quiet, then ("end",
+    the request's representation) once it ended. Chunks published before this began come from
     the call's chunk stream, the rest from the hub, each once (by its stream id)."""
     async with hub().watch(request_id) as queue:
         last = "0-0"
 
-        async def backlog():
+        async def backlog() -> list[str]:
             nonlocal last
             if not chunks:
                 return []
@@ -118,33 +119,38 @@ async def follow(request_id: str, *, chunks: bool):
                 found.append(data.decode() if isinstance(data, bytes) else data)
             return found
 
-        for data in await backlog():
-            yield "chunk", data
+        if found := await backlog():
+            yield "chunks", found
         now = await run_sync(_representation, request_id)
         while now["status"] not in TERMINAL:
             try:
-                event = await asyncio.wait_for(queue.get(), settings.SVC_SSE_KEEPALIVE_SECONDS)
+                heard = [await asyncio.wait_for(queue.get(), settings.SVC_SSE_KEEPALIVE_SECONDS)]
             except TimeoutError:
                 yield "idle", None
-                event = RESYNC  # and look: an event Redis lost must not stall the answer
-            if event is DRAIN:
-                continue  # the process stops: a call's answer cannot resume elsewhere, finish it
-            if event is RESYNC:
-                for data in await backlog():
-                    yield "chunk", data
+                heard = [RESYNC]  # and look: an event Redis lost must not stall the answer
+            while not queue.empty():
+                heard.append(queue.get_nowait())
+            found, look = [], False
+            for event in heard:
+                if event is DRAIN:
+                    continue  # the process stops: a call's answer cannot resume elsewhere
+                if event is RESYNC:  # what the hub missed, in order, before what it heard since
+                    found += await backlog()
+                    look = True
+                elif event.kind == events.CHUNK:
+                    if chunks and id_key(event.id) > id_key(last):
+                        last = event.id
+                        found.append(event.data)
+                elif event.kind == events.REQUEST:
+                    body = json.loads(event.data)
+                    if body["status"] in TERMINAL:
+                        now = body
+            if look and now["status"] not in TERMINAL:
                 now = await run_sync(_representation, request_id)
-                continue
-            if event.kind == events.CHUNK:
-                if chunks and id_key(event.id) > id_key(last):
-                    last = event.id
-                    yield "chunk", event.data
-                continue
-            if event.kind == events.REQUEST:
-                body = json.loads(event.data)
-                if body["status"] in TERMINAL:
-                    now = body
-        for data in await backlog():  # any the hub had not heard (a subscription late)
-            yield "chunk", data
+            if found:
+                yield "chunks", found
+        if found := await backlog():  # any the hub had not heard (a subscription late)
+            yield "chunks", found
         yield "end", now
 
 
@@ -278,8 +284,8 @@ async def _stream(send, receive, accepted: dict) -> None:
             await send({"type": "http.response.body", "body": data, "more_body": True})
 
         async for kind, data in follow(request_id, chunks=True):
-            if kind == "chunk":
-                await body(b"data: " + data.encode() + b"\n\n")
+            if kind == "chunks":
+                await body(b"".join(b"data: " + chunk.encode() + b"\n\n" for chunk in data))
             elif kind == "idle":
                 if started:
                     await body(b": keep-alive\n\n")

@@ -92,6 +92,7 @@ async def gateway_call(call: HandlerCall, url: str, model: str, api_key: str, ti
                 reason="5xx",
             )
         await relay.chunk(chunk)
+    await relay.drain()  # the call's end must follow its last chunk
     if not relay.finished:
         raise HandlerError(
             "upstream_stream_broken",
