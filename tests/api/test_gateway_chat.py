@@ -262,3 +262,22 @@ def test_a_path_under_v1_that_matches_nothing_answers_in_openais_shape(alice_api
         "param": None,
         "code": "not_found",
     }
+
+
+def test_a_key_past_its_rate_gets_openais_429_with_retry_after(client, alice, model):
+    key = key_create(user=alice, name="slow", rate_per_minute=1)
+
+    def post():
+        return client.post(
+            "/v1/chat/completions",
+            {"model": "acme/small", "messages": MESSAGES},
+            content_type="application/json",
+            HTTP_AUTHORIZATION=f"Bearer {key.secret}",
+        )
+
+    assert post().status_code == 202
+    refused = post()
+    assert refused.status_code == 429
+    assert int(refused["Retry-After"]) >= 1
+    error = refused.json()["error"]
+    assert (error["type"], error["code"]) == ("rate_limit_error", "rate_limit_exceeded")
