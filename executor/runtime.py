@@ -42,6 +42,19 @@ def loop() -> asyncio.AbstractEventLoop:
     return _loop
 
 
+def loop_problem(timeout: float = 5.0) -> str:
+    """ "" while the shared loop (if it was made) runs a callback within `timeout` seconds;
+    else what is wrong (the liveness probe's look, infra/probe.py)."""
+    current = _loop
+    if current is None or current.is_closed():
+        return ""
+    answered = threading.Event()
+    current.call_soon_threadsafe(answered.set)
+    if answered.wait(timeout):
+        return ""
+    return f"its asyncio loop did not answer within {timeout:g}s"
+
+
 def run(coro):
     """Run a coroutine on the shared loop from any thread and wait for its result.
 

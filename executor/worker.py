@@ -46,6 +46,7 @@ class ConcurrentWorker(SimpleWorker):
     ):
         # Before super().__init__, which sets self.execution and may record a state.
         self._local = threading.local()
+        self.probe_beat = None  # infra.probe.Beat when a liveness port is served
         self._inflight: dict[str, Job] = {}
         self._beat_at = float("-inf")
         self._suspension_checked_at = float("-inf")
@@ -95,6 +96,8 @@ class ConcurrentWorker(SimpleWorker):
     def heartbeat(self, timeout=None, pipeline=None):
         """The worker's key, once per period; the counters of the jobs that succeeded since the
         last beat ride along (RQ writes both per job; dashboards read them from the key)."""
+        if self.probe_beat is not None:  # the main loop goes round (its liveness probe)
+            self.probe_beat.touch()
         if pipeline is not None or timeout is not None:
             return self._riding_out("heartbeat", super().heartbeat, timeout, pipeline)
         if time.monotonic() - self._beat_at < defaults.HEARTBEAT_EVERY_SECONDS:

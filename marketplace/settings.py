@@ -82,7 +82,7 @@ if PRODUCTION:
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
     SECURE_SSL_REDIRECT = envbool("DJANGO_SECURE_SSL_REDIRECT", True)
-    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^metrics$"]
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^livez$", r"^readyz$", r"^metrics$"]
     SESSION_COOKIE_SECURE = True
     CSRF_COOKIE_SECURE = True
 # Content-Security-Policy (django-csp) on every answer: the pages (the admin) load scripts,
@@ -122,6 +122,7 @@ INSTALLED_APPS = [
 ]
 
 MIDDLEWARE = [
+    "api.http.probes.ProbeMiddleware",  # /livez, /readyz: before the host is checked
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "infra.logs.ContextMiddleware",
     "django.middleware.security.SecurityMiddleware",
@@ -293,6 +294,12 @@ SVC_MAX_WAIT_SECONDS = envint("SVC_MAX_WAIT_SECONDS", 60)
 SVC_LIVE_PER_CLIENT = envint("SVC_LIVE_PER_CLIENT", 1000)
 # Seconds between an SSE stream's keep-alive comments (and its looks at the document).
 SVC_SSE_KEEPALIVE_SECONDS = envfloat("SVC_SSE_KEEPALIVE_SECONDS", 15.0)
+# Liveness port of the processes that serve no HTTP (executor, recon, webhook worker:
+# infra/probe.py): `GET /livez` on SVC_PROBE_ADDR:SVC_PROBE_PORT (0: off), 503 once the
+# process's loop has not gone round for SVC_PROBE_STALE_SECONDS.
+SVC_PROBE_PORT = envint("SVC_PROBE_PORT", 0)
+SVC_PROBE_ADDR = envstr("SVC_PROBE_ADDR", "0.0.0.0")
+SVC_PROBE_STALE_SECONDS = envfloat("SVC_PROBE_STALE_SECONDS", 60.0)
 # The gateway (/v1/chat/completions, api/chat.py): max_tokens when neither the client nor the
 # offer's params say (the hold counts the output at it), the most messages and choices (`n`)
 # a call may ask for.

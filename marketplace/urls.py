@@ -2,6 +2,7 @@ from django.contrib import admin
 from django.urls import include, path
 
 from api.http.openapi import DocsView, SchemaView
+from api.http.probes import livez, readyz
 from api.http.views import healthz
 from infra.metrics import metrics_view
 
@@ -14,6 +15,8 @@ urlpatterns = [
     path("api/schema/", SchemaView.as_view(), name="api-schema"),
     path("api/docs/", DocsView.as_view(), name="api-docs"),
     path("healthz", healthz, name="healthz"),
+    path("livez", livez, name="livez"),
+    path("readyz", readyz, name="readyz"),
     # Every process of the host (multiprocess mode) plus store figures: infra/metrics.py.
     path("metrics", metrics_view, name="prometheus-django-metrics"),
 ]

@@ -62,6 +62,7 @@ class WebhookWorker:
         self._soonest_retry = None  # the earliest next_attempt_at this worker set
         self._db_pool = ThreadPoolExecutor(1, thread_name_prefix="webhooks-sql")
         self._pruned_at = 0.0  # monotonic time of this worker's last pruning
+        self.probe_beat = None  # infra.probe.Beat when a liveness port is served
 
     def run(self) -> int:
         """Work until stop() (or, with `once`, until nothing is due); the attempts made."""
@@ -84,6 +85,8 @@ class WebhookWorker:
         self._loop, self._stopping = asyncio.get_running_loop(), asyncio.Event()
         async with self._client() as client:
             while not self._stop.is_set():
+                if self.probe_beat is not None:  # the loop goes round (its liveness probe)
+                    self.probe_beat.touch()
                 await self._prune_now_and_then()
                 found = await self._claim_and_start(client)
                 if self.once and not found and not self._tasks:

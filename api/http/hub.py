@@ -204,6 +204,11 @@ def drain() -> None:
         _hub.drain()
 
 
+def stopping() -> bool:
+    """Whether this process was told to stop (its readiness then answers 503: views.readyz)."""
+    return _stopping
+
+
 def hub() -> Hub:
     """This process's hub (made on first use, in the event loop that serves the API)."""
     global _hub

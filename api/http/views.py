@@ -228,12 +228,16 @@ def _first_error(errors: dict) -> str:
     return f"{name}: {problems[0] if isinstance(problems, list) else problems}"
 
 
-def healthz(request):
-    checks = {
+def store_checks() -> dict:
+    return {
         "sql": _check(lambda: connection.cursor().execute("SELECT 1")),
         "mongo": _check(stores.mongo_ping),
         "redis": _check(stores.redis_ping),
     }
+
+
+def healthz(request):
+    checks = store_checks()
     healthy = all(value == "ok" for value in checks.values())
     body = {"status": "ok" if healthy else "unavailable", "checks": checks}
     # Opt-in: load balancers poll /healthz often, and the snapshot costs a few round trips. It

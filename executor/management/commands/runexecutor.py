@@ -5,9 +5,11 @@ import logging
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from executor import runtime
 from executor.queues import all_queue_names, get_queue
 from executor.resources import ResourceMapError
 from executor.worker import ConcurrentWorker
+from infra import probe
 from infra.stores import RQ_SERIALIZER, redis_connection
 
 
@@ -53,5 +55,13 @@ class Command(BaseCommand):
             concurrency=concurrency,
             shutdown_grace=shutdown_grace,
         )
+        if settings.SVC_PROBE_PORT:  # a liveness port (infra/probe.py): the loop goes round
+            worker.probe_beat = probe.serve(
+                settings.SVC_PROBE_PORT,
+                what="executor",
+                addr=settings.SVC_PROBE_ADDR,
+                stale_after=settings.SVC_PROBE_STALE_SECONDS,
+                checks=[runtime.loop_problem],
+            )
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         worker.work(burst=burst, with_scheduler=True, logging_level=level)

@@ -13,6 +13,7 @@ from pymongo.errors import PyMongoError
 from redis import RedisError
 
 from api import health
+from infra import probe
 from recon import alerts, gauges, sweeps, usage
 
 logger = logging.getLogger("recon")
@@ -61,8 +62,18 @@ class Command(BaseCommand):
             except OSError as exc:
                 raise CommandError(f"cannot serve metrics on port {metrics_port}: {exc}") from None
             logger.info("recon metrics on http://127.0.0.1:%d/metrics", metrics_port)
+        beat = None
+        if settings.SVC_PROBE_PORT:  # a liveness port (infra/probe.py): a sweep goes round
+            beat = probe.serve(
+                settings.SVC_PROBE_PORT,
+                what="recon",
+                addr=settings.SVC_PROBE_ADDR,
+                stale_after=max(settings.SVC_PROBE_STALE_SECONDS, 3 * interval),
+            )
         logger.info("recon started, a sweep every %gs", interval)
         while not stop.is_set():
+            if beat is not None:
+                beat.touch()
             repaired = Counter()
             try:
                 repaired = sweeps.sweep()

@@ -3,9 +3,10 @@
 import logging
 import signal
 
+from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from infra import logs
+from infra import logs, probe
 from webhooks import defaults
 from webhooks.worker import WebhookWorker
 
@@ -42,6 +43,13 @@ class Command(BaseCommand):
         if shutdown_grace < 0:
             raise CommandError(f"--shutdown-grace must not be negative, not {shutdown_grace}")
         worker = WebhookWorker(concurrency=concurrency, once=once, grace=shutdown_grace)
+        if settings.SVC_PROBE_PORT and not once:  # a liveness port (infra/probe.py)
+            worker.probe_beat = probe.serve(
+                settings.SVC_PROBE_PORT,
+                what="webhooks",
+                addr=settings.SVC_PROBE_ADDR,
+                stale_after=settings.SVC_PROBE_STALE_SECONDS,
+            )
         for signum in (signal.SIGTERM, signal.SIGINT):
             signal.signal(signum, lambda *_: worker.stop())
         logger.info("webhook worker started, %d attempt(s) at once", concurrency)
