@@ -14,11 +14,10 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
-import redis.asyncio as aioredis
 import uvloop
-from django.conf import settings
 
 from executor import defaults
+from infra import stores
 
 _TIMEOUT = httpx.Timeout(defaults.HTTP_TIMEOUT, connect=defaults.HTTP_CONNECT_TIMEOUT)
 
@@ -117,12 +116,7 @@ def redis_client():
     global _redis
     if _redis is None:
         # A pool that makes a caller wait for a connection (the default one raises past it).
-        pool = aioredis.BlockingConnectionPool.from_url(
-            settings.REDIS_URL,
-            max_connections=defaults.REDIS_ASYNC_CONNECTIONS,
-            timeout=defaults.HTTP_CONNECT_TIMEOUT,
-        )
-        _redis = aioredis.Redis(connection_pool=pool)
+        _redis = stores.redis_async_client(defaults.REDIS_ASYNC_CONNECTIONS)
     return _redis
 
 

@@ -48,6 +48,17 @@ def envlist(name: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, "").split(",") if item.strip()]
 
 
+def envhostports(name: str) -> list[tuple[str, int]]:
+    """A comma-separated variable of `host:port` items ([] when unset)."""
+    found = []
+    for item in envlist(name):
+        host, _, port = item.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ImproperlyConfigured(f"{name}: {item!r} is not host:port, e.g. 10.0.0.5:26379.")
+        found.append((host.strip("[]"), int(port)))
+    return found
+
+
 def envnetworks(name: str) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
     """A comma-separated variable of networks in CIDR form (10.0.0.0/8, fd00::/8; a bare
     address is that one host); [] when unset."""

@@ -19,6 +19,7 @@ import redis
 from django.conf import settings
 from pymongo import MongoClient
 from pymongo.uri_parser import parse_uri
+from redis.sentinel import Sentinel, SentinelConnectionPool
 from rq.serializers import JSONSerializer
 
 # Database used when MONGO_URI names none.
@@ -48,18 +49,93 @@ _URI_PASSWORD = re.compile(r"(\b[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)[^/\s@]+(?=
 def redis_connection() -> redis.Redis:
     """The process's Redis client. Its pool waits for a free connection (up to the socket
     timeout) rather than failing: redis-py's default pool raises past 100 connections, which
-    an executor with hundreds of jobs in flight would reach."""
-    pool = redis.BlockingConnectionPool.from_url(
-        settings.REDIS_URL,
+    an executor with hundreds of jobs in flight would reach. With REDIS_SENTINELS, its
+    connections go to the master the sentinels name, asked again whenever one fails (a
+    failover): a command in flight then fails once, as on any lost connection."""
+    options = dict(
         max_connections=REDIS_MAX_CONNECTIONS,
         timeout=REDIS_SOCKET_TIMEOUT,
         socket_timeout=REDIS_SOCKET_TIMEOUT,
         socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
         health_check_interval=REDIS_HEALTH_CHECK_INTERVAL,
     )
+    if settings.REDIS_SENTINELS:
+        pool = _sentinel_pool(BlockingSentinelConnectionPool, options)
+    else:
+        pool = redis.BlockingConnectionPool.from_url(settings.REDIS_URL, **options)
     client = redis.Redis(connection_pool=pool)
     client.auto_close_connection_pool = True
     return client
+
+
+class BlockingSentinelConnectionPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """The sentinels' master, with BlockingConnectionPool's waiting for a free connection."""
+
+
+def _redis_options(url: str) -> dict:
+    """The database and credentials of a redis:// URL (its host is the sentinels' to say)."""
+    parts = urlsplit(url)
+    options = {"db": int((parts.path or "/0").lstrip("/") or 0)}
+    if parts.username:
+        options["username"] = parts.username
+    if parts.password:
+        options["password"] = parts.password
+    return options
+
+
+def _sentinels() -> Sentinel:
+    return Sentinel(
+        settings.REDIS_SENTINELS,
+        socket_timeout=REDIS_CONNECT_TIMEOUT,
+        socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+    )
+
+
+def _sentinel_pool(pool_class, options: dict):
+    return pool_class(
+        settings.REDIS_SENTINEL_MASTER,
+        _sentinels(),
+        **_redis_options(settings.REDIS_URL),
+        **options,
+    )
+
+
+def redis_async_client(max_connections: int):
+    """An asyncio Redis client for the calling event loop (the API's hub, the executor's loop):
+    a pool that makes a caller wait for a connection, through the sentinels when there are."""
+    import redis.asyncio as aioredis
+    from redis.asyncio.sentinel import Sentinel as AsyncSentinel
+
+    if settings.REDIS_SENTINELS:
+        sentinels = AsyncSentinel(
+            settings.REDIS_SENTINELS,
+            socket_timeout=REDIS_CONNECT_TIMEOUT,
+            socket_connect_timeout=REDIS_CONNECT_TIMEOUT,
+        )
+        return sentinels.master_for(
+            settings.REDIS_SENTINEL_MASTER,
+            socket_timeout=REDIS_SOCKET_TIMEOUT,
+            max_connections=max_connections,
+            **_redis_options(settings.REDIS_URL),
+        )
+    pool = aioredis.BlockingConnectionPool.from_url(
+        settings.REDIS_URL,
+        max_connections=max_connections,
+        timeout=REDIS_SOCKET_TIMEOUT,
+        socket_timeout=REDIS_SOCKET_TIMEOUT,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+class CachePool:
+    """Django's Redis cache's pool (CACHES OPTIONS pool_class): REDIS_URL's server, or the
+    sentinels' master."""
+
+    @classmethod
+    def from_url(cls, url: str, **options):
+        if settings.REDIS_SENTINELS:
+            return _sentinel_pool(SentinelConnectionPool, options)
+        return redis.ConnectionPool.from_url(url, **options)
 
 
 def mongo_connect() -> None:

@@ -127,7 +127,7 @@ def _start_servers(data_dir: Path) -> list[embedded.Server]:
     try:
         if not envoptional("MONGO_URI"):
             servers.append(_own_server(data_dir, "mongo", "EMBEDDED_MONGO_PORT", MONGO_PORT))
-        if not envoptional("REDIS_URL"):
+        if not envoptional("REDIS_URL") and not envoptional("REDIS_SENTINELS"):
             servers.append(_own_server(data_dir, "redis", "EMBEDDED_REDIS_PORT", REDIS_PORT))
     except BaseException:
         for server in reversed(servers):

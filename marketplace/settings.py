@@ -12,6 +12,7 @@ from infra import logs
 from infra.envs import (
     envbool,
     envfloat,
+    envhostports,
     envint,
     envlist,
     envmatching,
@@ -183,8 +184,15 @@ MONGO_URI = envstr(
     hint="Run `make run` (it starts an embedded MongoDB) or point "
     "MONGO_URI at a server, e.g. mongodb://127.0.0.1:27017/svc.",
 )
+# Redis through Sentinel (failover): REDIS_SENTINELS, a comma-separated host:port list, and
+# the name the sentinels monitor the master by. Then REDIS_URL gives only the database number
+# and the password (its host is ignored; redis://:password@sentinel/0), and every process
+# (infra/stores.py) asks the sentinels for the master, and again after a failover.
+REDIS_SENTINELS = envhostports("REDIS_SENTINELS")
+REDIS_SENTINEL_MASTER = envstr("REDIS_SENTINEL_MASTER", "mymaster")
 REDIS_URL = envstr(
     "REDIS_URL",
+    "redis://sentinel/0" if REDIS_SENTINELS else None,
     hint="Run `make run` (it starts an embedded Redis) or point "
     "REDIS_URL at a server, e.g. redis://127.0.0.1:6379/0.",
 )
@@ -195,7 +203,11 @@ CACHES = {
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "svc",
         # JSON, never pickle (infra/stores.py): nothing in Redis may make a reader run code.
-        "OPTIONS": {"serializer": "infra.stores.CacheSerializer"},
+        "OPTIONS": {
+            "serializer": "infra.stores.CacheSerializer",
+            # Through the sentinels when there are (REDIS_SENTINELS), else REDIS_URL's server.
+            "pool_class": "infra.stores.CachePool",
+        },
     }
 }
 

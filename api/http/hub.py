@@ -23,6 +23,7 @@ from django.conf import settings
 from rq import Queue
 
 from api import events
+from infra import stores
 
 logger = logging.getLogger(__name__)
 
@@ -68,10 +69,7 @@ class Hub:
         if self._client is None:
             # A pool that makes a caller wait for a connection (the default one raises past its
             # size): 1,000 streams opening at once take turns on REDIS_CONNECTIONS.
-            pool = aioredis.BlockingConnectionPool.from_url(
-                self._url, max_connections=REDIS_CONNECTIONS, timeout=10, socket_timeout=10
-            )
-            self._client = aioredis.Redis(connection_pool=pool)
+            self._client = stores.redis_async_client(REDIS_CONNECTIONS)
         return self._client
 
     @property
