@@ -105,8 +105,15 @@ def _alive(pid: int) -> bool:
 def metrics_allowed(request) -> bool:
     """Whether the caller may read the metrics: the right bearer token (compared in constant
     time), or an address in the trusted networks. Nothing configured: nobody may."""
+    return caller_allowed(
+        request.META.get("HTTP_AUTHORIZATION", ""), request.META.get("REMOTE_ADDR", "")
+    )
+
+
+def caller_allowed(authorization: str, remote_addr: str) -> bool:
+    """metrics_allowed for any server (the liveness port's /metrics, infra/probe.py)."""
     token = settings.SVC_METRICS_TOKEN
-    scheme, _, given = request.META.get("HTTP_AUTHORIZATION", "").partition(" ")
+    scheme, _, given = authorization.partition(" ")
     # Bytes: compare_digest refuses str with non-ASCII characters, which a caller may send.
     sent = given.strip().encode() if scheme.lower() == "bearer" else b""
     if token and sent and hmac.compare_digest(sent, token.encode()):
@@ -115,7 +122,7 @@ def metrics_allowed(request) -> bool:
     if not networks:
         return False
     try:
-        address = ipaddress.ip_address(request.META.get("REMOTE_ADDR", ""))
+        address = ipaddress.ip_address(remote_addr)
     except ValueError:
         return False
     return any(address in network for network in networks)
@@ -137,6 +144,13 @@ def forbidden() -> JsonResponse:
 def metrics_view(request):
     if not metrics_allowed(request):
         return forbidden()
+    registry = _processes_registry()
+    registry.register(StoreCollector())
+    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+
+
+def _processes_registry() -> CollectorRegistry:
+    """This host's processes' metrics (the multiprocess directory), or this process's."""
     registry = CollectorRegistry(auto_describe=True)
     if multiproc_dir():
         if settings.SVC_METRICS_PRUNE_DEAD:
@@ -144,8 +158,13 @@ def metrics_view(request):
         multiprocess.MultiProcessCollector(registry)
     else:
         registry.register(_ThisProcess())
-    registry.register(StoreCollector())
-    return HttpResponse(generate_latest(registry), content_type=CONTENT_TYPE_LATEST)
+    return registry
+
+
+def processes_exposition() -> tuple[bytes, str]:
+    """The text a scrape of this host's processes gets, without the store figures (the API
+    serves those): the liveness port's /metrics (an executor's pod, infra/probe.py)."""
+    return generate_latest(_processes_registry()), CONTENT_TYPE_LATEST
 
 
 class _ThisProcess:

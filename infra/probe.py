@@ -9,6 +9,10 @@ slot taken waits for one in a loop that beats).
 `checks` are further looks a process adds (the executor: its asyncio loop answers). Kubernetes'
 and Compose's probes call it (deploy/k8s, deploy/compose.yaml); it is off unless SVC_PROBE_PORT
 is set. The answer names nothing but the process kind and how long ago it beat.
+
+`GET /metrics` on the same port serves the host's processes' metrics (a pod's own: its
+executor's in-flight calls, job times, breakers) to a caller the API's /metrics would let in
+(the token, or a trusted network); the store figures are the API's to serve.
 """
 
 import json
@@ -17,6 +21,8 @@ import threading
 import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from infra import metrics
 
 logger = logging.getLogger(__name__)
 
@@ -70,16 +76,30 @@ def serve(
 
     class Handler(BaseHTTPRequestHandler):
         def do_GET(self):  # noqa: N802 (http.server's name)
-            if self.path.split("?")[0] != "/livez":
+            path = self.path.split("?")[0]
+            if path == "/metrics":
+                self._metrics()
+                return
+            if path != "/livez":
                 self._answer(404, {"status": "not_found"})
                 return
             alive, body = beat.state()
             self._answer(200 if alive else 503, body)
 
-        def _answer(self, status: int, body: dict) -> None:
-            payload = json.dumps(body).encode()
+        def _metrics(self) -> None:
+            # As the API's /metrics: the token, or a trusted network (infra/metrics.py).
+            if not metrics.caller_allowed(
+                self.headers.get("Authorization", ""), self.client_address[0]
+            ):
+                self._answer(403, {"status": "forbidden"})
+                return
+            payload, content_type = metrics.processes_exposition()
+            self._answer(200, payload, content_type)
+
+        def _answer(self, status: int, body, content_type: str = "application/json") -> None:
+            payload = body if isinstance(body, bytes) else json.dumps(body).encode()
             self.send_response(status)
-            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Type", content_type)
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)

@@ -312,6 +312,9 @@ SVC_SSE_KEEPALIVE_SECONDS = envfloat("SVC_SSE_KEEPALIVE_SECONDS", 15.0)
 SVC_PROBE_PORT = envint("SVC_PROBE_PORT", 0)
 SVC_PROBE_ADDR = envstr("SVC_PROBE_ADDR", "0.0.0.0")
 SVC_PROBE_STALE_SECONDS = envfloat("SVC_PROBE_STALE_SECONDS", 60.0)
+# The address recon serves its metrics on (SVC_RECON_METRICS_PORT): loopback unless a scraper
+# from elsewhere needs them (a pod: 0.0.0.0).
+SVC_RECON_METRICS_ADDR = envstr("SVC_RECON_METRICS_ADDR", "127.0.0.1")
 # The gateway (/v1/chat/completions, api/chat.py): max_tokens when neither the client nor the
 # offer's params say (the hold counts the output at it), the most messages and choices (`n`)
 # a call may ask for.

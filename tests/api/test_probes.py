@@ -65,7 +65,7 @@ def test_a_loop_that_stops_going_round_fails_its_liveness():
         assert stuck.json()["process"] == "executor" and stuck.json()["status"] == "stuck"
         beat.touch()  # it goes round again
         assert httpx.get(url).status_code == 200
-        assert httpx.get(url.replace("/livez", "/metrics")).status_code == 404
+        assert httpx.get(url.replace("/livez", "/other")).status_code == 404
     finally:
         beat.close()
 
@@ -82,5 +82,22 @@ def test_a_failing_check_fails_liveness_even_while_the_loop_beats():
         answer = httpx.get(f"http://127.0.0.1:{beat.server.server_address[1]}/livez")
         assert answer.status_code == 503
         assert answer.json()["problems"] == ["its asyncio loop did not answer within 5s"]
+    finally:
+        beat.close()
+
+
+def test_the_liveness_port_serves_the_processes_metrics_to_the_metrics_token(settings):
+    settings.SVC_METRICS_TOKEN = "probe-metrics-token"
+    settings.SVC_METRICS_TRUSTED_NETWORKS = []
+    beat = probe.serve(free_port(), what="executor", stale_after=60, addr="127.0.0.1")
+    url = f"http://127.0.0.1:{beat.server.server_address[1]}/metrics"
+    try:
+        assert httpx.get(url).status_code == 403
+        assert httpx.get(url, headers={"Authorization": "Bearer nope"}).status_code == 403
+        scraped = httpx.get(url, headers={"Authorization": "Bearer probe-metrics-token"})
+        assert scraped.status_code == 200
+        assert scraped.headers["content-type"].startswith("text/plain")
+        assert "svc_inflight" in scraped.text  # the executor's own families
+        assert "svc_credits_balance" not in scraped.text  # the store figures are the API's
     finally:
         beat.close()

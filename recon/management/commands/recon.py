@@ -58,10 +58,14 @@ class Command(BaseCommand):
         metrics_port = metrics_port or settings.SVC_RECON_METRICS_PORT
         if metrics_port:
             try:
-                start_http_server(metrics_port, addr="127.0.0.1")
+                start_http_server(metrics_port, addr=settings.SVC_RECON_METRICS_ADDR)
             except OSError as exc:
                 raise CommandError(f"cannot serve metrics on port {metrics_port}: {exc}") from None
-            logger.info("recon metrics on http://127.0.0.1:%d/metrics", metrics_port)
+            logger.info(
+                "recon metrics on http://%s:%d/metrics",
+                settings.SVC_RECON_METRICS_ADDR,
+                metrics_port,
+            )
         beat = None
         if settings.SVC_PROBE_PORT:  # a liveness port (infra/probe.py): a sweep goes round
             beat = probe.serve(
