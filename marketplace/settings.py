@@ -255,7 +255,7 @@ EXECUTOR_SHUTDOWN_GRACE = envint("EXECUTOR_SHUTDOWN_GRACE", 25)
 # before it is failed (`abandoned`); seconds a queued request may lack an RQ job, and a hold
 # a settlement, before recon repairs them.
 SVC_RECON_INTERVAL = envint("SVC_RECON_INTERVAL", 10)
-# Port on 127.0.0.1 where recon serves its own /metrics (0: none; the API's /metrics shows
+# Port where recon serves its own /metrics, on SVC_RECON_METRICS_ADDR (0: none; the API's /metrics
 # recon's series anyway in multiprocess mode).
 SVC_RECON_METRICS_PORT = envint("SVC_RECON_METRICS_PORT", 0)
 SVC_MAX_ATTEMPTS = envint("SVC_MAX_ATTEMPTS", 3)
