@@ -255,8 +255,8 @@ EXECUTOR_SHUTDOWN_GRACE = envint("EXECUTOR_SHUTDOWN_GRACE", 25)
 # before it is failed (`abandoned`); seconds a queued request may lack an RQ job, and a hold
 # a settlement, before recon repairs them.
 SVC_RECON_INTERVAL = envint("SVC_RECON_INTERVAL", 10)
-# Port where recon serves its own /metrics, on SVC_RECON_METRICS_ADDR (0: none; the API's /metrics
-# recon's series anyway in multiprocess mode).
+# Port where recon serves its own /metrics, on SVC_RECON_METRICS_ADDR (0: none; in
+# multiprocess mode on one host, the API's /metrics shows recon's series anyway).
 SVC_RECON_METRICS_PORT = envint("SVC_RECON_METRICS_PORT", 0)
 SVC_MAX_ATTEMPTS = envint("SVC_MAX_ATTEMPTS", 3)
 SVC_RECON_QUEUED_GRACE = envint("SVC_RECON_QUEUED_GRACE", 30)
