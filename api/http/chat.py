@@ -184,6 +184,13 @@ async def _watched(receive, request_id: str, answering):
             await run_sync(_cancel, request_id)
             return
         work.result()
+    except asyncio.CancelledError:
+        # The server cut the answer (its shutdown grace ran out): the client gets no more, so
+        # the call stops too, and is charged what was relayed.
+        if not work.done():
+            work.cancel()
+        await asyncio.shield(run_sync(_cancel, request_id))
+        raise
     finally:
         gone.cancel()
 

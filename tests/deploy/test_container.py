@@ -457,8 +457,8 @@ def test_the_app_services_run_every_role_after_the_migration(compose):
     assert commands == {
         "migrate": "python manage.py migrate --noinput",
         "api": "",  # the image's CMD: gunicorn
-        "executor-openai": "python manage.py runexecutor --queues svc-openai",
-        "executor-http": "python manage.py runexecutor --queues svc-http",
+        "executor-openai": "python manage.py runexecutor --queues svc-openai --concurrency 16",
+        "executor-http": "python manage.py runexecutor --queues svc-http --concurrency 32",
         "executor": "python manage.py runexecutor --queues svc-local svc-default",
         "recon": "python manage.py recon",
         "webhooks": "python manage.py runwebhooks",

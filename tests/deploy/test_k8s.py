@@ -542,3 +542,20 @@ def test_production_sets_its_host_image_and_namespace(production, rendered):
     assert {obj["metadata"].get("namespace") for obj in namespaced} == {"svc-marketplace"}
     [namespace] = of_kind(production, "Namespace")
     assert namespace == "svc-marketplace"
+
+
+def prometheus_rule() -> dict:
+    """deploy/k8s/base/prometheus-rule.yaml as alerts.yml makes it (write it out with
+    `yaml.safe_dump(prometheus_rule(), sort_keys=False, width=100)` after editing alerts.yml)."""
+    alerts = yaml.safe_load((ROOT / "deploy" / "prometheus" / "alerts.yml").read_text())
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "PrometheusRule",
+        "metadata": {"name": "svc-alerts", "labels": {"app.kubernetes.io/component": "alerts"}},
+        "spec": {"groups": alerts["groups"]},
+    }
+
+
+def test_the_prometheus_rule_is_alerts_yml():
+    found = yaml.safe_load((ROOT / "deploy" / "k8s" / "base" / "prometheus-rule.yaml").read_text())
+    assert found == prometheus_rule()
