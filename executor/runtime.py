@@ -41,6 +41,18 @@ def loop() -> asyncio.AbstractEventLoop:
     return _loop
 
 
+def warm_up() -> None:
+    """Make the loop and its HTTP clients now, before any job holds a lease: making 32 clients
+    takes the loop most of a second (more on a loaded machine), which a first call holding a
+    resource slot would otherwise spend with its lease unrenewed (tests/system/test_cluster.py
+    saw a short lease_ttl lapse so)."""
+
+    async def make_clients() -> None:
+        http_client()
+
+    run(make_clients())
+
+
 def loop_problem(timeout: float = 5.0) -> str:
     """ "" while the shared loop (if it was made) runs a callback within `timeout` seconds;
     else what is wrong (the liveness probe's look, infra/probe.py)."""

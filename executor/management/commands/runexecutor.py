@@ -63,5 +63,6 @@ class Command(BaseCommand):
                 stale_after=settings.SVC_PROBE_STALE_SECONDS,
                 checks=[runtime.loop_problem],
             )
+        runtime.warm_up()  # its HTTP clients, before the first job holds a slot
         level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
         worker.work(burst=burst, with_scheduler=True, logging_level=level)
